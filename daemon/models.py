@@ -1,0 +1,110 @@
+"""Database tables: jobs and their attempts. The schema itself is owned by alembic migrations."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Enum, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every engine (SQLite stores naive ones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+class JobState(enum.StrEnum):
+    INTAKE = "intake"  # row written, inputs still being moved out of the inbox; not claimable
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+_state_enum = Enum(JobState, name="job_state", native_enum=False, length=16,
+                   values_callable=lambda e: [m.value for m in e])
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_claim", "state", "priority", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    state: Mapped[JobState] = mapped_column(_state_enum)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
+    params: Mapped[dict] = mapped_column(JSON)
+    output_stem: Mapped[str] = mapped_column(String(255))
+    output_subdir: Mapped[str] = mapped_column(String(1024), default="")
+    # Where the inputs were dropped, and where intake keeps them afterwards.
+    source_image: Mapped[str] = mapped_column(String(4096))
+    source_sidecar: Mapped[str | None] = mapped_column(String(4096))
+    image_path: Mapped[str] = mapped_column(String(4096))
+    sidecar_path: Mapped[str | None] = mapped_column(String(4096))
+
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    phase: Mapped[str | None] = mapped_column(String(32))
+    progress_step: Mapped[int | None] = mapped_column(Integer)
+    progress_total: Mapped[int | None] = mapped_column(Integer)
+
+    output_path: Mapped[str | None] = mapped_column(String(4096))
+    metadata_path: Mapped[str | None] = mapped_column(String(4096))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    retried_from_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+
+    attempts: Mapped[list[Attempt]] = relationship(
+        back_populates="job", order_by="Attempt.number", lazy="selectin"
+    )
+
+
+class Attempt(Base):
+    __tablename__ = "attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str] = mapped_column(String(255))
+    params: Mapped[dict] = mapped_column(JSON)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    outcome: Mapped[str | None] = mapped_column(String(32))  # succeeded, failed, interrupted, crashed
+    error_type: Mapped[str | None] = mapped_column(String(255))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    error_traceback: Mapped[str | None] = mapped_column(Text)
+    peak_gpu_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+
+    job: Mapped[Job] = relationship(back_populates="attempts")

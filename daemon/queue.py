@@ -1,0 +1,208 @@
+"""Job queue data access: every read and state change of jobs and attempts goes through here."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from daemon.models import Attempt, Job, JobState, utcnow
+
+
+def worker_identity() -> str:
+    """host:pid of this process, recorded as lease owner and on attempts."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class NewJob:
+    idempotency_key: str
+    params: dict
+    priority: int
+    output_stem: str
+    output_subdir: str
+    source_image: str
+    source_sidecar: str | None
+    image_path: str
+    sidecar_path: str | None
+
+
+class JobQueue:
+    """Jobs in the database; each method is one short transaction."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    # -- intake -------------------------------------------------------------------------------
+
+    def create(self, new: NewJob) -> tuple[Job, bool]:
+        """Insert a job in state intake; (existing job, False) when its key is already known."""
+        with self._sessions() as s:
+            job = Job(state=JobState.INTAKE, **new.__dict__)
+            s.add(job)
+            try:
+                s.commit()
+                return job, True
+            except IntegrityError:
+                s.rollback()
+        existing = self.by_key(new.idempotency_key)
+        if existing is None:  # the conflicting row vanished again; let the caller retry later
+            raise RuntimeError(f"job with key {new.idempotency_key} conflicted but is gone")
+        return existing, False
+
+    def by_key(self, key: str) -> Job | None:
+        with self._sessions() as s:
+            return s.scalars(select(Job).where(Job.idempotency_key == key)).one_or_none()
+
+    def mark_queued(self, job_id: int) -> bool:
+        """intake -> queued; False when the job had already left intake."""
+        return self._transition(job_id, (JobState.INTAKE,), state=JobState.QUEUED)
+
+    def in_intake(self, older_than: timedelta | None = None) -> list[Job]:
+        with self._sessions() as s:
+            q = select(Job).where(Job.state == JobState.INTAKE)
+            if older_than is not None:
+                q = q.where(Job.created_at < utcnow() - older_than)
+            return list(s.scalars(q.order_by(Job.id)))
+
+    # -- worker -------------------------------------------------------------------------------
+
+    def claim(self, owner: str, lease_seconds: float) -> Job | None:
+        """Atomically take the next queued job (priority, then arrival) and lease it to `owner`."""
+        with self._sessions() as s:
+            next_id = (
+                select(Job.id)
+                .where(Job.state == JobState.QUEUED)
+                .order_by(Job.priority.desc(), Job.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)  # PostgreSQL; SQLite runs the UPDATE atomically anyway
+                .scalar_subquery()
+            )
+            now = utcnow()
+            job = s.scalars(
+                update(Job)
+                .where(Job.id == next_id, Job.state == JobState.QUEUED)
+                .values(
+                    state=JobState.RUNNING,
+                    lease_owner=owner,
+                    lease_expires_at=now + timedelta(seconds=lease_seconds),
+                    started_at=now,
+                    phase="starting",
+                    progress_step=None,
+                    progress_total=None,
+                )
+                .returning(Job)
+                .execution_options(populate_existing=True)
+            ).one_or_none()
+            s.commit()
+            return job
+
+    def start_attempt(self, job_id: int, worker: str, params: dict) -> Attempt:
+        with self._sessions() as s:
+            number = (s.scalar(select(func.max(Attempt.number)).where(Attempt.job_id == job_id)) or 0) + 1
+            attempt = Attempt(job_id=job_id, number=number, worker=worker, params=params)
+            s.add(attempt)
+            s.commit()
+            return attempt
+
+    def finish_attempt(self, attempt_id: int, outcome: str, *, error_type: str | None = None,
+                       error_message: str | None = None, error_traceback: str | None = None,
+                       peak_gpu_memory_bytes: int | None = None) -> None:
+        with self._sessions() as s:
+            s.execute(
+                update(Attempt).where(Attempt.id == attempt_id).values(
+                    finished_at=utcnow(), outcome=outcome, error_type=error_type,
+                    error_message=error_message, error_traceback=error_traceback,
+                    peak_gpu_memory_bytes=peak_gpu_memory_bytes,
+                )
+            )
+            s.commit()
+
+    def heartbeat(self, job_id: int, owner: str, lease_seconds: float) -> bool:
+        """Extend the lease; False when the job is no longer ours (lease lost)."""
+        with self._sessions() as s:
+            result = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.RUNNING)
+                .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+            )
+            s.commit()
+            return result.rowcount == 1
+
+    def progress(self, job_id: int, phase: str, step: int | None = None, total: int | None = None) -> None:
+        with self._sessions() as s:
+            s.execute(update(Job).where(Job.id == job_id).values(
+                phase=phase, progress_step=step, progress_total=total))
+            s.commit()
+
+    def set_outputs(self, job_id: int, output_path: str, metadata_path: str) -> None:
+        """Record the final names before they are published, so recovery can find them."""
+        with self._sessions() as s:
+            s.execute(update(Job).where(Job.id == job_id).values(
+                output_path=output_path, metadata_path=metadata_path))
+            s.commit()
+
+    def succeed(self, job_id: int) -> bool:
+        return self._finish(job_id, JobState.SUCCEEDED)
+
+    def fail(self, job_id: int, code: str, message: str) -> bool:
+        return self._finish(job_id, JobState.FAILED, error_code=code, error_message=message)
+
+    def requeue(self, job_id: int, owner: str | None = None) -> bool:
+        """running -> queued (interrupted by shutdown or a lost worker); only `owner`'s if given."""
+        with self._sessions() as s:
+            q = update(Job).where(Job.id == job_id, Job.state == JobState.RUNNING)
+            if owner is not None:
+                q = q.where(Job.lease_owner == owner)
+            result = s.execute(q.values(
+                state=JobState.QUEUED, lease_owner=None, lease_expires_at=None, phase=None,
+                progress_step=None, progress_total=None))
+            s.commit()
+            return result.rowcount == 1
+
+    def _finish(self, job_id: int, state: JobState, **values: object) -> bool:
+        return self._transition(
+            job_id, (JobState.RUNNING, JobState.QUEUED, JobState.INTAKE), state=state,
+            finished_at=utcnow(), lease_owner=None, lease_expires_at=None, **values,
+        )
+
+    def _transition(self, job_id: int, from_states: tuple[JobState, ...], **values: object) -> bool:
+        with self._sessions() as s:
+            result = s.execute(
+                update(Job).where(Job.id == job_id, Job.state.in_(from_states)).values(**values)
+            )
+            s.commit()
+            return result.rowcount == 1
+
+    # -- recovery -----------------------------------------------------------------------------
+
+    def running(self) -> list[Job]:
+        with self._sessions() as s:
+            return list(s.scalars(select(Job).where(Job.state == JobState.RUNNING).order_by(Job.id)))
+
+    def expired_leases(self, now: datetime | None = None) -> list[Job]:
+        with self._sessions() as s:
+            return list(s.scalars(select(Job).where(
+                Job.state == JobState.RUNNING, Job.lease_expires_at < (now or utcnow()))))
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def get(self, job_id: int) -> Job | None:
+        with self._sessions() as s:
+            return s.get(Job, job_id)
+
+    def counts(self) -> dict[JobState, int]:
+        with self._sessions() as s:
+            rows = s.execute(select(Job.state, func.count()).group_by(Job.state)).all()
+        counts = {state: 0 for state in JobState}
+        counts.update({state: n for state, n in rows})
+        return counts
+
+    def recent(self, limit: int = 10) -> list[Job]:
+        with self._sessions() as s:
+            return list(s.scalars(select(Job).order_by(Job.id.desc()).limit(limit)))

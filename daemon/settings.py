@@ -1,0 +1,114 @@
+"""The one settings object: environment (I2VD_*), an optional TOML file, then defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+TINY_MODEL = "tiny"
+"""Model value that builds the tiny, randomly initialised smoke-test I2VGen-XL offline."""
+
+
+class Settings(BaseSettings):
+    """Everything i2vd can be told; see README's Settings table."""
+
+    model_config = SettingsConfigDict(env_prefix="I2VD_", extra="forbid", validate_default=True)
+
+    # Folders
+    inbox_dir: Path = Field(Path("inbox"), description="Folder watched for image + sidecar pairs.")
+    outputs_dir: Path = Field(Path("outputs"), description="Where MP4s and their metadata JSON go.")
+    state_dir: Path = Field(Path("state"), description="Database, smoke-test model and default log file.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite file in state_dir.")
+    log_file: Path | None = Field(None, description="JSON-lines log; default state_dir/i2vd.log.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # Model
+    model: str = Field("ali-vilab/i2vgen-xl", description="Hub id, local directory, or 'tiny' (smoke test).")
+    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+
+    # Generation defaults (a sidecar overrides them)
+    default_preset: Literal["preview", "standard", "high", "max"] = "standard"
+    default_negative_prompt: str | None = None
+    default_fps: int = Field(8, ge=4, le=30)
+    output_prefix: str = Field("", description="Prepended to every output file name.")
+
+    # Intake
+    settle_seconds: float = Field(3.0, gt=0, description="A file is ready once unchanged this long.")
+    pair_timeout_seconds: float = Field(600.0, gt=0, description="How long a lone image or sidecar waits.")
+    default_prompt: str | None = Field(None, description="Prompt for an image whose sidecar never came.")
+    observer: Literal["auto", "inotify", "polling"] = "auto"
+    poll_interval_seconds: float = Field(5.0, gt=0)
+    rescan_seconds: float = Field(60.0, gt=0, description="Full inbox rescan, the safety net for lost events.")
+    max_image_bytes: int = Field(100 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(64_000_000, gt=0, description="Larger images are refused undecoded.")
+    follow_symlinks: bool = False
+
+    # Worker
+    lease_seconds: float = Field(60.0, gt=0, description="A running job's lease, renewed by a heartbeat.")
+    worker_poll_seconds: float = Field(1.0, gt=0, description="How often an idle worker looks for jobs.")
+    stop_grace_seconds: float = Field(10.0, ge=0, description="On SIGTERM, time the running job may finish.")
+
+    @field_validator("inbox_dir", "outputs_dir", "state_dir", "log_file")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser().absolute()
+
+    @model_validator(mode="after")
+    def _derived_defaults(self) -> Settings:
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{self.state_dir / 'i2vd.sqlite3'}"
+        if self.log_file is None:
+            self.log_file = self.state_dir / "i2vd.log"
+        if self.database_url.startswith("sqlite:///"):
+            db_path = Path(self.database_url.removeprefix("sqlite:///")).absolute()
+            if db_path.is_relative_to(self.inbox_dir):
+                raise ValueError("database_url must not point inside inbox_dir")
+        return self
+
+    @property
+    def done_dir(self) -> Path:
+        return self.inbox_dir / "done"
+
+    @property
+    def failed_dir(self) -> Path:
+        return self.inbox_dir / "failed"
+
+    @property
+    def is_tiny_model(self) -> bool:
+        return self.model == TINY_MODEL
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def load_settings(config_file: Path | None = None, **overrides: object) -> Settings:
+    """Settings from overrides, I2VD_* variables, the TOML file (--config or I2VD_CONFIG), defaults."""
+    path = config_file or os.environ.get("I2VD_CONFIG")
+    if path is None:
+        return Settings(**overrides)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(toml_file=path)
+
+    return _FromFile(**overrides)

@@ -1,0 +1,159 @@
+"""The one place that knows the sidecar schema: parse, validate, resolve presets."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from daemon.errors import InputRejected
+from pipeline.params import GenerationParams
+
+MAX_SIDECAR_BYTES = 64 * 1024
+RESOLUTIONS = (256, 512, 768, 1024)
+DEFAULT_GUIDANCE = 9.0
+SEED_MAX = 2**63 - 1
+
+PresetName = Literal["preview", "standard", "high", "max"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    resolution: int
+    num_frames: int
+    steps: int
+
+
+PRESETS: dict[str, Preset] = {
+    "preview": Preset(resolution=512, num_frames=8, steps=30),
+    "standard": Preset(resolution=512, num_frames=16, steps=50),
+    "high": Preset(resolution=768, num_frames=24, steps=80),
+    "max": Preset(resolution=1024, num_frames=32, steps=100),
+}
+
+_SAFE_STEM = re.compile(r"^[^/\\\x00]+$")
+
+
+class Sidecar(BaseModel):
+    """NAME.json beside NAME.png: the prompt and optional parameters."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=True)
+
+    prompt: Annotated[str, Field(min_length=1, max_length=4000)]
+    negative_prompt: Annotated[str, Field(max_length=4000)] | None = None
+    preset: PresetName | None = None
+    resolution: int | None = None
+    width: Annotated[int, Field(ge=32, le=2048, multiple_of=8)] | None = None
+    height: Annotated[int, Field(ge=32, le=2048, multiple_of=8)] | None = None
+    num_frames: Annotated[int, Field(ge=8, le=32)] | None = None
+    fps: Annotated[int, Field(ge=4, le=30)] | None = None
+    steps: Annotated[int, Field(ge=10, le=150)] | None = None
+    guidance_scale: Annotated[float, Field(ge=1, le=20)] | None = None
+    seed: Annotated[int, Field(ge=0, le=SEED_MAX)] | None = None
+    output_name: Annotated[str, Field(min_length=1, max_length=120)] | None = None
+    priority: Annotated[int, Field(ge=-10, le=10)] = 0
+
+    @field_validator("resolution", mode="before")
+    @classmethod
+    def _resolution(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip().lower().removesuffix("p")
+            if not text.isdigit():
+                raise ValueError("must be one of 256, 512, 768, 1024 (\"512p\" is accepted)")
+            value = int(text)
+        if isinstance(value, int) and not isinstance(value, bool) and value not in RESOLUTIONS:
+            raise ValueError("must be one of 256, 512, 768, 1024")
+        return value
+
+    @field_validator("output_name")
+    @classmethod
+    def _output_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not _SAFE_STEM.match(value) or value.startswith(".") or ".." in value:
+            raise ValueError("must be a plain file name: no '/', '\\', '..', NUL or leading dot")
+        return value
+
+    @model_validator(mode="after")
+    def _size_is_unambiguous(self) -> Sidecar:
+        if (self.width is None) != (self.height is None):
+            raise ValueError("width and height must be given together")
+        if self.width is not None and self.resolution is not None:
+            raise ValueError("give either resolution or width/height, not both")
+        return self
+
+
+def parse_sidecar(raw: bytes) -> Sidecar:
+    """Decode and validate sidecar bytes; raise InputRejected naming what is wrong."""
+    if len(raw) > MAX_SIDECAR_BYTES:
+        raise InputRejected(
+            "sidecar_too_large",
+            f"The sidecar is {len(raw)} bytes; the limit is {MAX_SIDECAR_BYTES}.",
+            hint="A sidecar holds a prompt and a few parameters; check that the right file was dropped.",
+        )
+    try:
+        data = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise InputRejected("invalid_json", f"The sidecar is not UTF-8 text ({exc.reason}).",
+                            hint="Save the sidecar as UTF-8 JSON.") from None
+    except json.JSONDecodeError as exc:
+        raise InputRejected(
+            "invalid_json",
+            f"The sidecar is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.",
+            hint='A minimal sidecar is {"prompt": "waves rolling onto a beach"}.',
+        ) from None
+    if not isinstance(data, dict):
+        raise InputRejected(
+            "sidecar_not_object",
+            f"The sidecar must be a JSON object, not a JSON {type(data).__name__}.",
+            hint='A minimal sidecar is {"prompt": "waves rolling onto a beach"}.',
+        )
+    try:
+        return Sidecar.model_validate(data)
+    except ValidationError as exc:
+        field_errors = [
+            {"field": ".".join(str(p) for p in err["loc"]) or "(sidecar)", "message": _message(err)}
+            for err in exc.errors(include_url=False)
+        ]
+        summary = "; ".join(f"{e['field']}: {e['message']}" for e in field_errors)
+        raise InputRejected(
+            "invalid_sidecar",
+            f"The sidecar has invalid fields: {summary}.",
+            hint="See the sidecar fields in README.md.",
+            field_errors=field_errors,
+        ) from None
+
+
+def _message(err: dict) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown field"
+    if err["type"] == "missing":
+        return "required field is missing"
+    return err["msg"].removeprefix("Value error, ")
+
+
+def resolve(
+    sidecar: Sidecar,
+    *,
+    default_preset: str,
+    default_fps: int,
+    default_negative_prompt: str | None = None,
+) -> GenerationParams:
+    """Apply the preset, then the sidecar's explicit fields; draw a seed when none is given."""
+    preset = PRESETS[sidecar.preset or default_preset]
+    resolution = sidecar.resolution or preset.resolution
+    return GenerationParams(
+        prompt=sidecar.prompt,
+        negative_prompt=sidecar.negative_prompt or default_negative_prompt,
+        width=sidecar.width or resolution,
+        height=sidecar.height or resolution,
+        num_frames=sidecar.num_frames or preset.num_frames,
+        fps=sidecar.fps or default_fps,
+        steps=sidecar.steps or preset.steps,
+        guidance_scale=sidecar.guidance_scale if sidecar.guidance_scale is not None else DEFAULT_GUIDANCE,
+        seed=sidecar.seed if sidecar.seed is not None else secrets.randbelow(2**32),
+    )

@@ -1,0 +1,74 @@
+"""File-system events for the inbox: inotify where it works, polling where it does not."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserverVFS
+
+# Where inotify misses changes made by other machines (or is not implemented at all).
+POLLING_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs",
+                       "lustre", "gpfs", "virtiofs", "vboxsf", "vmhgfs", "sshfs")
+
+
+def filesystem_type(path: Path, mounts_file: Path = Path("/proc/mounts")) -> str:
+    """The type of the filesystem `path` lives on, from the longest matching mount point."""
+    target = os.path.realpath(path)
+    best, best_type = "", "unknown"
+    try:
+        lines = mounts_file.read_text().splitlines()
+    except OSError:
+        return best_type
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        mount_point = fields[1].replace("\\040", " ")
+        if (target == mount_point or target.startswith(mount_point.rstrip("/") + "/")) and len(mount_point) > len(best):
+            best, best_type = mount_point, fields[2]
+    return best_type
+
+
+def needs_polling(fs_type: str) -> bool:
+    return fs_type in POLLING_FILESYSTEMS or fs_type.startswith("fuse")
+
+
+def choose_mode(setting: str, inbox: Path) -> str:
+    if setting != "auto":
+        return setting
+    return "polling" if needs_polling(filesystem_type(inbox)) else "inotify"
+
+
+class _Forward(FileSystemEventHandler):
+    def __init__(self, notify: Callable[[str], None]) -> None:
+        self.notify = notify
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        # A rename into place (rsync, `mv x.tmp x.png`) matters by its new name.
+        self.notify(getattr(event, "dest_path", "") or event.src_path)
+
+
+def start_observer(inbox: Path, mode: str, poll_interval: float, notify: Callable[[str], None],
+                   skip_dirs: tuple[str, ...] = ("done", "failed")) -> BaseObserver:
+    """Start watching `inbox` recursively; events only wake intake, which decides by stat."""
+    if mode == "polling":
+        def listdir(path: str | None) -> Iterator[os.DirEntry]:
+            top = os.path.samefile(path, inbox) if path else False
+            for entry in os.scandir(path):
+                if not (top and entry.name in skip_dirs):  # never walk done/ and failed/
+                    yield entry
+
+        observer: BaseObserver = PollingObserverVFS(os.lstat, listdir, polling_interval=poll_interval)
+    else:
+        observer = Observer()
+    observer.schedule(_Forward(notify), str(inbox), recursive=True)
+    observer.daemon = True
+    observer.start()
+    return observer
