@@ -269,7 +269,8 @@ class Intake:
             raise InputRejected("symlink", f"{path.name} is a symbolic link; i2vd does not follow links.",
                                 hint="Copy the file itself into the inbox, or set follow_symlinks.")
         if path.is_dir():
-            raise InputRejected("not_a_file", f"{path.name} is a directory, not a sidecar file.")
+            raise InputRejected("not_a_file", f"{path.name} is a directory, not a sidecar file.",
+                                hint="Drop the sidecar as a plain JSON file.")
         with open(path, "rb") as fh:
             raw = fh.read(64 * 1024 + 1)
         return parse_sidecar(raw)

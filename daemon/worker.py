@@ -100,7 +100,8 @@ class Worker:
     def _load_image(self, job: Job):
         path = Path(job.image_path)
         if not path.exists():
-            raise InputRejected("input_missing", f"The image {path} is gone from done/.")
+            raise InputRejected("input_missing", f"The image {path} is gone from done/.",
+                                hint="Drop the pair again.")
         return load_rgb(path)
 
     def _progress_writer(self, job_id: int, lease_lost: threading.Event):
