@@ -6,6 +6,7 @@ import argparse
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -70,18 +71,27 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--priority", type=int)
     submit.set_defaults(func=cmd_submit)
 
-    status = sub.add_parser("status", help="queue counts and the latest jobs")
+    status = sub.add_parser("status", help="queue counts, the running job's progress, the latest jobs")
     status.add_argument("--limit", type=int, default=10)
+    status.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
     status.set_defaults(func=cmd_status)
+
+    cancel = sub.add_parser("cancel", help="cancel a queued job, or stop a running one at its next step")
+    cancel.add_argument("job_id", type=int)
+    cancel.set_defaults(func=cmd_cancel)
+
+    retry = sub.add_parser("retry", help="queue a failed or cancelled job again, as a new linked job")
+    retry.add_argument("job_id", type=int)
+    retry.set_defaults(func=cmd_retry)
 
     jobs = sub.add_parser("jobs", help="job history").add_subparsers(required=True, metavar="ACTION")
     show = jobs.add_parser("show", help="one job with its attempts")
     show.add_argument("job_id", type=int)
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=cmd_jobs_show)
-    listing = jobs.add_parser("list", help="recent jobs")
+    listing = jobs.add_parser("list", help="recent jobs with their attempts")
     listing.add_argument("--limit", type=int, default=20)
-    listing.set_defaults(func=cmd_status)
+    listing.set_defaults(func=cmd_jobs_list)
 
     db = sub.add_parser("db", help="database schema").add_subparsers(required=True, metavar="ACTION")
     db.add_parser("upgrade", help="apply migrations up to the newest").set_defaults(func=cmd_db_upgrade)
@@ -140,18 +150,69 @@ def _queue(settings: Settings):
 
 def cmd_status(settings: Settings, args) -> int:
     queue = _queue(settings)
+    if not args.watch:
+        print(_status_text(queue, args.limit))
+        return 0
+    try:
+        while True:
+            print("\033[H\033[J" + _status_text(queue, args.limit), flush=True)
+            time.sleep(1)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _status_text(queue, limit: int) -> str:
     counts = queue.counts()
-    print("  ".join(f"{state.value}: {counts[state]}" for state in JobState))
+    lines = ["  ".join(f"{state.value}: {counts[state]}" for state in JobState)]
     for job in queue.running():
-        print(f"running #{job.id} {job.output_stem}: {progress_line(job)}")
-    jobs = queue.recent(args.limit)
+        lines.append(f"running #{job.id} {job.output_stem}: {progress_line(job)}")
+    jobs = queue.recent(limit)
     if jobs:
-        print(f"\n{'ID':>5}  {'STATE':<10} {'NAME':<28} {'CREATED (UTC)':<20} RESULT")
+        lines.append(f"\n{'ID':>5}  {'STATE':<10} {'NAME':<28} {'CREATED (UTC)':<20} RESULT")
     for job in jobs:
-        result = Path(job.output_path).name if job.output_path and job.state == JobState.SUCCEEDED else (
-            job.error_message or "")
-        print(f"{job.id:>5}  {job.state.value:<10} {job.output_stem[:28]:<28} "
-              f"{job.created_at:%Y-%m-%d %H:%M:%S}  {result[:80]}")
+        lines.append(f"{job.id:>5}  {job.state.value:<10} {job.output_stem[:28]:<28} "
+                     f"{job.created_at:%Y-%m-%d %H:%M:%S}  {_result(job)[:80]}")
+    return "\n".join(lines)
+
+
+def _result(job: Job) -> str:
+    if job.state == JobState.SUCCEEDED and job.output_path:
+        return Path(job.output_path).name
+    if job.run_after and job.state == JobState.QUEUED:
+        return f"retry after {job.run_after:%H:%M:%S}"
+    return job.error_message or ""
+
+
+def cmd_jobs_list(settings: Settings, args) -> int:
+    for job in _queue(settings).recent(args.limit):
+        tries = ", ".join(f"{a.number}:{a.rung}={a.outcome or 'running'}" for a in job.attempts) or "-"
+        linked = f" (retry of #{job.retried_from_id})" if job.retried_from_id else ""
+        print(f"#{job.id} {job.state.value:<10} {job.output_stem}{linked}  attempts [{tries}]  {_result(job)}")
+    return 0
+
+
+def cmd_cancel(settings: Settings, args) -> int:
+    state = _queue(settings).cancel(args.job_id)
+    if state is None:
+        print(f"i2vd: no job {args.job_id}", file=sys.stderr)
+        return 1
+    if state == JobState.CANCELLED:
+        print(f"job {args.job_id} cancelled")
+    elif state == JobState.RUNNING:
+        print(f"job {args.job_id} is running: it stops at its next denoising step")
+    else:
+        print(f"i2vd: job {args.job_id} is {state.value}; nothing to cancel", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_retry(settings: Settings, args) -> int:
+    try:
+        job = _queue(settings).retry(args.job_id)
+    except (LookupError, ValueError) as exc:
+        print(f"i2vd: {exc}", file=sys.stderr)
+        return 1
+    print(f"job {job.id} queued (retry of {args.job_id})")
     return 0
 
 

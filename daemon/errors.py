@@ -29,3 +29,7 @@ class InputRejected(I2vdError):
 
 class ConfigError(I2vdError):
     """The settings are invalid."""
+
+
+class LadderExhausted(I2vdError):
+    """Every rung of the OOM downgrade ladder ran out of GPU memory."""

@@ -84,6 +84,7 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    run_after: Mapped[datetime | None] = mapped_column(UtcDateTime)  # retry backoff: not claimable before
     retried_from_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
 
     attempts: Mapped[list[Attempt]] = relationship(
@@ -98,6 +99,7 @@ class Attempt(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     number: Mapped[int] = mapped_column(Integer)
     worker: Mapped[str] = mapped_column(String(255))
+    rung: Mapped[str] = mapped_column(String(32), default="full")  # OOM ladder rung of this try
     params: Mapped[dict] = mapped_column(JSON)
     started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)

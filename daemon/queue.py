@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -75,15 +76,15 @@ class JobQueue:
     def claim(self, owner: str, lease_seconds: float) -> Job | None:
         """Atomically take the next queued job (priority, then arrival) and lease it to `owner`."""
         with self._sessions() as s:
+            now = utcnow()
             next_id = (
                 select(Job.id)
-                .where(Job.state == JobState.QUEUED)
+                .where(Job.state == JobState.QUEUED, or_(Job.run_after.is_(None), Job.run_after <= now))
                 .order_by(Job.priority.desc(), Job.id)
                 .limit(1)
                 .with_for_update(skip_locked=True)  # PostgreSQL; SQLite runs the UPDATE atomically anyway
                 .scalar_subquery()
             )
-            now = utcnow()
             job = s.scalars(
                 update(Job)
                 .where(Job.id == next_id, Job.state == JobState.QUEUED)
@@ -92,7 +93,8 @@ class JobQueue:
                     lease_owner=owner,
                     lease_expires_at=now + timedelta(seconds=lease_seconds),
                     started_at=now,
-                    phase="starting",
+                    run_after=None,
+                    phase="loading",
                     progress_step=None,
                     progress_total=None,
                 )
@@ -102,10 +104,10 @@ class JobQueue:
             s.commit()
             return job
 
-    def start_attempt(self, job_id: int, worker: str, params: dict) -> Attempt:
+    def start_attempt(self, job_id: int, worker: str, params: dict, rung: str = "full") -> Attempt:
         with self._sessions() as s:
             number = (s.scalar(select(func.max(Attempt.number)).where(Attempt.job_id == job_id)) or 0) + 1
-            attempt = Attempt(job_id=job_id, number=number, worker=worker, params=params)
+            attempt = Attempt(job_id=job_id, number=number, worker=worker, params=params, rung=rung)
             s.add(attempt)
             s.commit()
             return attempt
@@ -134,11 +136,13 @@ class JobQueue:
             s.commit()
             return result.rowcount == 1
 
-    def progress(self, job_id: int, phase: str, step: int | None = None, total: int | None = None) -> None:
+    def progress(self, job_id: int, phase: str, step: int | None = None, total: int | None = None) -> bool:
+        """Record progress; returns whether a cancel was requested meanwhile."""
         with self._sessions() as s:
-            s.execute(update(Job).where(Job.id == job_id).values(
-                phase=phase, progress_step=step, progress_total=total))
+            cancel = s.scalar(update(Job).where(Job.id == job_id).values(
+                phase=phase, progress_step=step, progress_total=total).returning(Job.cancel_requested))
             s.commit()
+            return bool(cancel)
 
     def set_outputs(self, job_id: int, output_path: str, metadata_path: str) -> None:
         """Record the final names before they are published, so recovery can find them."""
@@ -153,21 +157,52 @@ class JobQueue:
     def fail(self, job_id: int, code: str, message: str) -> bool:
         return self._finish(job_id, JobState.FAILED, error_code=code, error_message=message)
 
-    def requeue(self, job_id: int, owner: str | None = None) -> bool:
-        """running -> queued (interrupted by shutdown or a lost worker); only `owner`'s if given."""
+    def requeue(self, job_id: int, owner: str | None = None, delay_seconds: float = 0) -> bool:
+        """running -> queued (shutdown, lost worker, retry after `delay_seconds`); only `owner`'s if given."""
         with self._sessions() as s:
             q = update(Job).where(Job.id == job_id, Job.state == JobState.RUNNING)
             if owner is not None:
                 q = q.where(Job.lease_owner == owner)
+            run_after = utcnow() + timedelta(seconds=delay_seconds) if delay_seconds else None
             result = s.execute(q.values(
                 state=JobState.QUEUED, lease_owner=None, lease_expires_at=None, phase=None,
-                progress_step=None, progress_total=None))
+                progress_step=None, progress_total=None, run_after=run_after))
             s.commit()
             return result.rowcount == 1
 
-    def _finish(self, job_id: int, state: JobState, **values: object) -> bool:
+    def cancel(self, job_id: int) -> JobState | None:
+        """queued -> cancelled at once; running -> asked to stop at its next step. None: no such job."""
+        if self._finish(job_id, JobState.CANCELLED, from_states=(JobState.QUEUED,)):
+            return JobState.CANCELLED
+        self._transition(job_id, (JobState.RUNNING,), cancel_requested=True)
+        job = self.get(job_id)
+        return job.state if job else None
+
+    def mark_cancelled(self, job_id: int) -> bool:
+        return self._finish(job_id, JobState.CANCELLED, from_states=(JobState.RUNNING,))
+
+    def retry(self, job_id: int) -> Job:
+        """A new queued job with the same inputs and parameters, linked to the failed or cancelled one."""
+        with self._sessions() as s:
+            old = s.get(Job, job_id)
+            if old is None:
+                raise LookupError(f"no job {job_id}")
+            if old.state not in (JobState.FAILED, JobState.CANCELLED):
+                raise ValueError(f"job {job_id} is {old.state.value}; only failed or cancelled jobs are retried")
+            job = Job(
+                state=JobState.QUEUED, priority=old.priority, idempotency_key=f"retry-{uuid.uuid4().hex}",
+                params=old.params, output_stem=old.output_stem, output_subdir=old.output_subdir,
+                source_image=old.image_path, source_sidecar=old.sidecar_path, image_path=old.image_path,
+                sidecar_path=old.sidecar_path, retried_from_id=old.id,
+            )
+            s.add(job)
+            s.commit()
+            return job
+
+    def _finish(self, job_id: int, state: JobState, from_states: tuple[JobState, ...] | None = None,
+                **values: object) -> bool:
         return self._transition(
-            job_id, (JobState.RUNNING, JobState.QUEUED, JobState.INTAKE), state=state,
+            job_id, from_states or (JobState.RUNNING, JobState.QUEUED, JobState.INTAKE), state=state,
             finished_at=utcnow(), lease_owner=None, lease_expires_at=None, **values,
         )
 

@@ -6,6 +6,7 @@ import os
 import socket
 from pathlib import Path
 
+from daemon.files import write_json_atomic
 from daemon.logs import get_logger
 from daemon.models import Job, utcnow
 from daemon.outputs import sweep_temporaries
@@ -32,18 +33,23 @@ def owner_is_dead(owner: str | None) -> bool:
     return False
 
 
-def recover_jobs(queue: JobQueue) -> list[int]:
-    """Return abandoned running jobs to the queue, or finish them if their video was published."""
+def recover_jobs(queue: JobQueue, max_crash_attempts: int) -> list[int]:
+    """Return abandoned running jobs to the queue, finish them if their video was published, or
+    fail them as poison when they have now crashed their worker `max_crash_attempts` times."""
     now = utcnow()
     recovered = []
     for job in queue.running():
         expired = job.lease_expires_at is not None and job.lease_expires_at < now
         if not (expired or owner_is_dead(job.lease_owner)):
             continue
-        _close_open_attempts(queue, job)
+        crashes = _close_open_attempts(queue, job)
         if job.output_path and Path(job.output_path).is_file():
-            queue.succeed(job.id)  # crashed after publishing: the video exists, do not make another
-            log.info("job_succeeded", job_id=job.id, output=job.output_path, recovered=True)
+            _finish_published(queue, job)
+        elif crashes >= max_crash_attempts:
+            message = (f"poison job: its worker crashed {crashes} times while running it "
+                       f"(max_crash_attempts={max_crash_attempts}); not run again")
+            if queue.fail(job.id, "poison_job", message):
+                log.error("job_failed", job_id=job.id, error_code="poison_job", error=message)
         elif queue.requeue(job.id, job.lease_owner):
             log.warning("job_requeued", job_id=job.id, previous_owner=job.lease_owner,
                         reason="lease expired" if expired else "worker process died")
@@ -51,11 +57,29 @@ def recover_jobs(queue: JobQueue) -> list[int]:
     return recovered
 
 
-def _close_open_attempts(queue: JobQueue, job: Job) -> None:
+def _close_open_attempts(queue: JobQueue, job: Job) -> int:
+    """Mark the attempts the dead worker left open as crashed; return the job's crash count."""
+    crashes = 0
     for attempt in job.attempts:
         if attempt.finished_at is None:
             queue.finish_attempt(attempt.id, "crashed", error_type="WorkerLost",
                                  error_message=f"worker {attempt.worker} stopped without finishing")
+            crashes += 1
+        elif attempt.outcome == "crashed":
+            crashes += 1
+    return crashes
+
+
+def _finish_published(queue: JobQueue, job: Job) -> None:
+    """The worker died after its video was renamed into place: do not make another one."""
+    metadata = Path(job.metadata_path) if job.metadata_path else None
+    if metadata is not None and not metadata.exists():
+        write_json_atomic(metadata, {"job_id": job.id, "video": Path(job.output_path).name,
+                                     "params": job.params, "recovered": True,
+                                     "note": "the worker stopped after publishing the video; "
+                                             "timings and attempts are in `i2vd jobs show`"})
+    if queue.succeed(job.id):
+        log.info("job_succeeded", job_id=job.id, output=job.output_path, recovered=True)
 
 
 def sweep_outputs(queue: JobQueue, outputs_dir: Path) -> None:

@@ -39,7 +39,9 @@ def load_generator(settings: Settings) -> VideoGenerator:
     log.info("model_loading", model=settings.model, device=str(placement.device),
              dtype=str(placement.dtype).removeprefix("torch."))
     started = time.monotonic()
-    generator = VideoGenerator(load_pipeline(model, placement), placement)
+    generator = VideoGenerator(load_pipeline(model, placement), placement,
+                               inject_oom_above=settings.fault_oom_above,
+                               decode_chunk_size=settings.decode_chunk_size)
     log.info("model_loaded", model=settings.model, seconds=round(time.monotonic() - started, 2))
     return generator
 
@@ -76,7 +78,7 @@ class Daemon:
         if self.stop.is_set():
             return 0
 
-        recover_jobs(queue)
+        recover_jobs(queue, s.max_crash_attempts)
         sweep_outputs(queue, s.outputs_dir)
         intake = Intake(s, queue, on_queued=self.worker_wake.set)
         intake.recover()
@@ -104,7 +106,7 @@ class Daemon:
                     intake.scan()
                     next_rescan = now + s.rescan_seconds
                 if now >= next_recovery:
-                    recover_jobs(queue)
+                    recover_jobs(queue, s.max_crash_attempts)
                     intake.recover(older_than=timedelta(seconds=s.lease_seconds))
                     next_recovery = now + RECOVERY_INTERVAL
                 self.loop_wake.wait(min(due, MAX_LOOP_SLEEP))

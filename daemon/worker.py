@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import signal
 import threading
 import time
 import traceback
@@ -10,15 +12,17 @@ from importlib.metadata import version
 from pathlib import Path
 
 from daemon import __version__
-from daemon.errors import InputRejected
+from daemon.errors import InputRejected, LadderExhausted
 from daemon.images import load_rgb
 from daemon.logs import get_logger
 from daemon.models import Job, utcnow
 from daemon.outputs import choose_paths, encode_video, publish_outputs
 from daemon.queue import JobQueue, worker_identity
+from daemon.retry import RetryPolicy
 from daemon.settings import Settings
 from pipeline.errors import GenerationInterrupted
 from pipeline.generate import Progress, VideoGenerator
+from pipeline.oom import OomLadder, Rung, free_memory, is_oom, peak_memory_bytes
 from pipeline.params import GenerationParams
 
 log = get_logger("i2vd.worker")
@@ -33,6 +37,8 @@ class Worker:
         self.settings = settings
         self.queue = queue
         self.generator = generator
+        self.ladder = OomLadder(settings.oom_ladder)
+        self.retry_policy = RetryPolicy(settings.max_retries, settings.retry_backoff_seconds)
         self.owner = worker_identity()
         self.interrupt = threading.Event()  # stop the running job at its next step
         self.current_job: int | None = None
@@ -49,51 +55,95 @@ class Worker:
             self.execute(job)
 
     def execute(self, job: Job) -> None:
-        params = GenerationParams.from_dict(job.params)
-        attempt = self.queue.start_attempt(job.id, self.owner, job.params)
+        requested = GenerationParams.from_dict(job.params)
         self.current_job = job.id
-        log.info("job_started", job_id=job.id, attempt=attempt.number, width=params.width,
-                 height=params.height, num_frames=params.num_frames, steps=params.steps)
         heartbeat = _Heartbeat(self.queue, job.id, self.owner, self.settings.lease_seconds)
         heartbeat.start()
+        stop = _StopFlags(self.interrupt, heartbeat.lost)
+        attempt = None
         started = time.monotonic()
         try:
             image = self._load_image(job)
-            frames = self.generator.generate(image, params, self._progress_writer(job.id, heartbeat.lost))
-            generated = time.monotonic()
-            self.queue.progress(job.id, "encoding_video")
-            paths = choose_paths(self.settings.outputs_dir, job.output_subdir, self.settings.output_prefix,
-                                 job.output_stem, job.created_at.astimezone())
-            tmp = encode_video(job.id, frames, params.fps, paths.video.parent)
-            encoded = time.monotonic()
-            self.queue.set_outputs(job.id, str(paths.video), str(paths.metadata))
-            self.queue.finish_attempt(attempt.id, "succeeded")
-            metadata = self._metadata(job, params, paths.video, frames.shape, {
-                "generation_seconds": round(generated - started, 3),
-                "encoding_seconds": round(encoded - generated, 3),
-            })
-            publish_outputs(tmp, paths, metadata)
-            self.queue.succeed(job.id)
-            log.info("job_succeeded", job_id=job.id, output=str(paths.video),
-                     seconds=round(time.monotonic() - started, 3))
+            tried: list[Rung] = []
+            for rung in self.ladder.walk(requested):
+                attempt = self.queue.start_attempt(job.id, self.owner, rung.params.to_dict(), rung.name)
+                log.info("job_started", job_id=job.id, attempt=attempt.number, rung=rung.name,
+                         width=rung.params.width, height=rung.params.height,
+                         num_frames=rung.params.num_frames, steps=rung.params.steps)
+                try:
+                    frames = self.generator.generate(image, rung.params, self._progress_writer(job, stop),
+                                                     rung.memory)
+                except Exception as exc:
+                    if not is_oom(exc):
+                        raise
+                    self.queue.finish_attempt(attempt.id, "oom", error_type=type(exc).__name__,
+                                              error_message=str(exc), peak_gpu_memory_bytes=peak_memory_bytes())
+                    log.warning("job_oom", job_id=job.id, attempt=attempt.number, rung=rung.name)
+                    tried.append(rung)
+                    attempt = None
+                    del exc
+                    free_memory()
+                    continue
+                break
+            else:
+                raise LadderExhausted(_exhausted_message(requested, tried))
+            self._publish(job, attempt, requested, rung, tried, frames, started)
         except GenerationInterrupted:
-            self.queue.finish_attempt(attempt.id, "interrupted", error_type="GenerationInterrupted",
-                                      error_message="stopped at a denoising step")
-            self.queue.requeue(job.id, self.owner)
-            log.info("job_interrupted", job_id=job.id, lease_lost=heartbeat.lost.is_set())
-        except InputRejected as exc:
-            self._fail(job, attempt.id, exc, exc.code)
+            self._interrupted(job, attempt, stop, heartbeat)
         except Exception as exc:
-            self._fail(job, attempt.id, exc, "generation_error")
+            self._failed(job, attempt, exc)
         finally:
             heartbeat.stop()
             self.current_job = None
             self.current_progress = None
 
-    def _fail(self, job: Job, attempt_id: int, exc: Exception, code: str) -> None:
+    def _publish(self, job: Job, attempt, requested: GenerationParams, rung: Rung, tried: list[Rung],
+                 frames, started: float) -> None:
+        generated = time.monotonic()
+        self.queue.progress(job.id, "encoding_video")
+        params = rung.params
+        paths = choose_paths(self.settings.outputs_dir, job.output_subdir, self.settings.output_prefix,
+                             job.output_stem, job.created_at.astimezone())
+        tmp = encode_video(job.id, frames, params.fps, paths.video.parent)
+        encoded = time.monotonic()
+        self.queue.set_outputs(job.id, str(paths.video), str(paths.metadata))
+        self.queue.finish_attempt(attempt.id, "succeeded", peak_gpu_memory_bytes=peak_memory_bytes())
+        metadata = self._metadata(job, params, paths.video, frames.shape, {
+            "generation_seconds": round(generated - started, 3),
+            "encoding_seconds": round(encoded - generated, 3),
+        })
+        metadata["downgrade"] = _downgrade(requested, rung) if tried else None
+        publish_outputs(tmp, paths, metadata)
+        self.queue.succeed(job.id)
+        log.info("job_succeeded", job_id=job.id, output=str(paths.video), rung=rung.name,
+                 seconds=round(time.monotonic() - started, 3))
+
+    def _interrupted(self, job: Job, attempt, stop: _StopFlags, heartbeat: _Heartbeat) -> None:
+        if stop.cancelled:
+            self.queue.finish_attempt(attempt.id, "cancelled", error_message="cancelled by request")
+            self.queue.mark_cancelled(job.id)
+            log.info("job_cancelled", job_id=job.id)
+            return
+        self.queue.finish_attempt(attempt.id, "interrupted", error_type="GenerationInterrupted",
+                                  error_message="lease lost" if heartbeat.lost.is_set() else "daemon stopping")
+        self.queue.requeue(job.id, self.owner)
+        log.info("job_interrupted", job_id=job.id, lease_lost=heartbeat.lost.is_set())
+
+    def _failed(self, job: Job, attempt, exc: Exception) -> None:
         message = f"{type(exc).__name__}: {exc}"
-        self.queue.finish_attempt(attempt_id, "failed", error_type=type(exc).__name__,
-                                  error_message=str(exc), error_traceback=traceback.format_exc())
+        if attempt is not None:
+            self.queue.finish_attempt(attempt.id, "failed", error_type=type(exc).__name__,
+                                      error_message=str(exc), error_traceback=traceback.format_exc(),
+                                      peak_gpu_memory_bytes=peak_memory_bytes())
+        earlier = sum(1 for a in self.queue.get(job.id).attempts
+                      if a.outcome == "failed" and (attempt is None or a.id != attempt.id))
+        decision = self.retry_policy.decide(exc, earlier)
+        if decision.retry:
+            self.queue.requeue(job.id, self.owner, delay_seconds=decision.delay_seconds)
+            log.warning("job_retry_scheduled", job_id=job.id, error=message, delay_seconds=decision.delay_seconds)
+            return
+        code = exc.code if isinstance(exc, InputRejected) else (
+            "out_of_memory" if isinstance(exc, LadderExhausted) else "generation_error")
         self.queue.fail(job.id, code, message)
         log.error("job_failed", job_id=job.id, error_code=code, error=message)
 
@@ -104,18 +154,23 @@ class Worker:
                                 hint="Drop the pair again.")
         return load_rgb(path)
 
-    def _progress_writer(self, job_id: int, lease_lost: threading.Event):
+    def _progress_writer(self, job: Job, stop: _StopFlags):
         last = {"phase": None, "at": 0.0}
+        crash = self.settings.fault_crash_prompt
+        crash_here = bool(crash) and crash in job.params.get("prompt", "")
 
         def on_progress(progress: Progress) -> None:
             self.current_progress = progress
-            if self.interrupt.is_set() or lease_lost.is_set():
-                raise GenerationInterrupted()
+            if crash_here and progress.step == 2:
+                os.kill(os.getpid(), signal.SIGKILL)  # fault injection: a worker crash mid-denoise
             now = time.monotonic()
             if progress.phase != last["phase"] or now - last["at"] >= PROGRESS_WRITE_INTERVAL \
                     or progress.step == progress.total:
-                self.queue.progress(job_id, progress.phase, progress.step, progress.total)
+                if self.queue.progress(job.id, progress.phase, progress.step, progress.total):
+                    stop.cancelled = True
                 last["phase"], last["at"] = progress.phase, now
+            if stop.should_stop:
+                raise GenerationInterrupted()
 
         return on_progress
 
@@ -148,13 +203,43 @@ class Worker:
                 **timings,
             },
             "attempts": [
-                {"number": a.number, "worker": a.worker, "outcome": a.outcome, "error": a.error_message,
+                {"number": a.number, "worker": a.worker, "rung": a.rung, "params": a.params,
+                 "outcome": a.outcome, "error": a.error_message,
                  "started_at": a.started_at.isoformat(),
                  "finished_at": a.finished_at.isoformat() if a.finished_at else None}
                 for a in self.queue.get(job.id).attempts
             ],
             "versions": package_versions(),
         }
+
+
+def _exhausted_message(requested: GenerationParams, tried: list[Rung]) -> str:
+    last = tried[-1].params
+    return (f"out of GPU memory on every rung ({', '.join(r.name for r in tried)}), down to "
+            f"{last.width}x{last.height}, {last.num_frames} frames; asked for {requested.width}x"
+            f"{requested.height}, {requested.num_frames} frames. Use a smaller preset or resolution, "
+            "fewer frames, or a GPU with more memory")
+
+
+def _downgrade(requested: GenerationParams, rung: Rung) -> dict:
+    produced = rung.params
+    return {
+        "rung": rung.name,
+        "memory": {"vae_slicing": rung.memory.vae_slicing, "cpu_offload": rung.memory.cpu_offload},
+        "from": {"width": requested.width, "height": requested.height, "num_frames": requested.num_frames},
+        "to": {"width": produced.width, "height": produced.height, "num_frames": produced.num_frames},
+    }
+
+
+class _StopFlags:
+    """Why the running job should stop at its next step, if it should."""
+
+    def __init__(self, shutdown: threading.Event, lease_lost: threading.Event) -> None:
+        self.shutdown, self.lease_lost, self.cancelled = shutdown, lease_lost, False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.cancelled or self.shutdown.is_set() or self.lease_lost.is_set()
 
 
 def package_versions() -> dict[str, str]:

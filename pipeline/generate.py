@@ -10,6 +10,7 @@ import PIL.Image
 import torch
 
 from pipeline.loader import Placement
+from pipeline.oom import MemoryOptions, raise_injected_oom
 from pipeline.params import GenerationParams
 
 
@@ -42,9 +43,13 @@ def encode_prompt(pipe, text: str, device: torch.device) -> torch.Tensor:
 class VideoGenerator:
     """A loaded I2VGen-XL pipeline kept warm between jobs."""
 
-    def __init__(self, pipe, placement: Placement) -> None:
+    def __init__(self, pipe, placement: Placement, *, inject_oom_above: int | None = None,
+                 decode_chunk_size: int = 8) -> None:
         self.pipe = pipe
         self.placement = placement
+        self.inject_oom_above = inject_oom_above  # tests: OOM above width*height*frames
+        self.decode_chunk_size = decode_chunk_size
+        self._offloaded = False
 
     @torch.inference_mode()
     def generate(
@@ -52,10 +57,13 @@ class VideoGenerator:
         image: PIL.Image.Image,
         params: GenerationParams,
         on_progress: ProgressCallback | None = None,
+        memory: MemoryOptions = MemoryOptions(),
     ) -> np.ndarray:
         """Frames as uint8 (num_frames, height, width, 3). `on_progress` may raise to stop."""
         report = on_progress or (lambda _p: None)
         device = self.placement.device
+        self._use_memory_options(memory)
+        raise_injected_oom(params, self.inject_oom_above)
 
         # 1. Encode prompts
         report(Progress("encoding_prompt"))
@@ -76,12 +84,31 @@ class VideoGenerator:
                 num_inference_steps=params.steps,
                 guidance_scale=params.guidance_scale,
                 generator=generator,
+                decode_chunk_size=1 if memory.vae_slicing else self.decode_chunk_size,
                 output_type="np",
             )
 
         # 3. To 8-bit frames
         frames = np.asarray(result.frames[0])
         return (frames * 255).round().clip(0, 255).astype(np.uint8)
+
+
+    def _use_memory_options(self, memory: MemoryOptions) -> None:
+        vae = self.pipe.vae
+        if memory.vae_slicing:
+            vae.enable_slicing()
+            vae.enable_tiling()
+        else:
+            vae.disable_slicing()
+            vae.disable_tiling()
+        # Offloading moves sub-models between CPU and GPU; it only means something on CUDA.
+        wanted = memory.cpu_offload and self.placement.device.type == "cuda"
+        if wanted and not self._offloaded:
+            self.pipe.enable_model_cpu_offload(device=self.placement.device)
+        elif self._offloaded and not wanted:
+            self.pipe.remove_all_hooks()
+            self.pipe.to(self.placement.device)
+        self._offloaded = wanted
 
 
 class _counting_steps:
