@@ -110,6 +110,8 @@ def test_cancel_queued_and_running_then_retry(dirs, run_daemon):
     wait_for(lambda: queue.recent(), what="long job queued")
     long_id = queue.recent()[0].id
     wait_denoising(queue, long_id)
+    status = cli(env, "status").stdout
+    assert f"running #{long_id} long: denoising [" in status and "/150 ETA " in status
     drop_pair(dirs["inbox"], "waiting")
     waiting = wait_for(lambda: next((j for j in queue.recent() if j.output_stem == "waiting"), None),
                        what="second job queued")
