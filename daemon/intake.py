@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -170,43 +171,52 @@ class Intake:
 
         next_due = self.settings.settle_seconds
         for (directory, _), paths in groups.items():
-            if not all(self._ready(p, now) for p in paths):
-                waiting = [self.settings.settle_seconds - (now - self._seen[p].changed_at) for p in paths]
-                next_due = min(next_due, max(min(waiting), 0.05))
-                continue
-            images = [p for p in paths if is_image_name(p.name)]
-            sidecars = [p for p in paths if p.name.lower().endswith(SIDECAR_SUFFIX)]
-            stem = paths[0].name[: -len(paths[0].suffix)]
-            if len(images) > 1 or len(sidecars) > 1:
-                names = ", ".join(sorted(p.name for p in paths))
-                self._finish(paths)
-                self._reject(_Pair(directory, stem, None, None), InputRejected(
-                    "ambiguous_pair", f"Several files share the name {stem!r} ({names}); i2vd cannot tell "
-                    "which image belongs to the sidecar.", hint="Give each image its own name."), paths)
-                continue
-            pair = _Pair(directory, stem, images[0] if images else None, sidecars[0] if sidecars else None)
-            if pair.image and pair.sidecar:
-                self._finish(paths)
-                self._ingest(pair)
-                continue
-            lonely_for = now - min(self._seen[p].first_seen for p in paths)
-            if lonely_for < self.settings.pair_timeout_seconds:
-                next_due = min(next_due, self.settings.pair_timeout_seconds - lonely_for)
-                continue
-            self._finish(paths)
-            if pair.image and self.settings.default_prompt:
-                self._ingest(pair)
-            elif pair.image:
-                self._reject(pair, InputRejected(
-                    "missing_sidecar", f"{pair.image.name} waited {self.settings.pair_timeout_seconds:g} s "
-                    f"for {stem}.json, which never came.",
-                    hint=f"Drop {stem}.json with at least a prompt, or configure default_prompt."))
-            else:
-                self._reject(pair, InputRejected(
-                    "missing_image", f"{pair.sidecar.name} waited {self.settings.pair_timeout_seconds:g} s "
-                    f"for its image ({stem}.png/.jpg/.jpeg/.webp), which never came.",
-                    hint="Drop the image under the same name as the sidecar."))
+            try:
+                next_due = min(next_due, self._take_group(directory, paths, now))
+            except Exception:  # one unreadable pair must not stop the others; it is retried later
+                log.exception("intake_error", files=[p.name for p in paths])
         return next_due
+
+    def _take_group(self, directory: Path, paths: list[Path], now: float) -> float:
+        """Take one name's files if they are ready; return seconds until they need another look.
+
+        A pair that raises here left `_seen`; the next rescan finds it again.
+        """
+        settle = self.settings.settle_seconds
+        if not all(self._ready(p, now) for p in paths):
+            return max(min(settle - (now - self._seen[p].changed_at) for p in paths), 0.05)
+        images = [p for p in paths if is_image_name(p.name)]
+        sidecars = [p for p in paths if p.name.lower().endswith(SIDECAR_SUFFIX)]
+        stem = paths[0].name[: -len(paths[0].suffix)]
+        if len(images) > 1 or len(sidecars) > 1:
+            names = ", ".join(sorted(p.name for p in paths))
+            self._finish(paths)
+            self._reject(_Pair(directory, stem, None, None), InputRejected(
+                "ambiguous_pair", f"Several files share the name {stem!r} ({names}); i2vd cannot tell "
+                "which image belongs to the sidecar.", hint="Give each image its own name."), paths)
+            return settle
+        pair = _Pair(directory, stem, images[0] if images else None, sidecars[0] if sidecars else None)
+        if pair.image and pair.sidecar:
+            self._finish(paths)
+            self._ingest(pair)
+            return settle
+        timeout = self.settings.pair_timeout_seconds
+        lonely_for = now - min(self._seen[p].first_seen for p in paths)
+        if lonely_for < timeout:
+            return timeout - lonely_for
+        self._finish(paths)
+        if pair.image and self.settings.default_prompt:
+            self._ingest(pair)
+        elif pair.image:
+            self._reject(pair, InputRejected(
+                "missing_sidecar", f"{pair.image.name} waited {timeout:g} s for {stem}.json, which never came.",
+                hint=f"Drop {stem}.json with at least a prompt, or configure default_prompt."))
+        else:
+            self._reject(pair, InputRejected(
+                "missing_image", f"{pair.sidecar.name} waited {timeout:g} s for its image "
+                f"({stem}.png/.jpg/.jpeg/.webp), which never came.",
+                hint="Drop the image under the same name as the sidecar."))
+        return settle
 
     def _finish(self, paths: list[Path]) -> None:
         for p in paths:
@@ -268,8 +278,8 @@ class Intake:
         if path.is_symlink() and not self.settings.follow_symlinks:
             raise InputRejected("symlink", f"{path.name} is a symbolic link; i2vd does not follow links.",
                                 hint="Copy the file itself into the inbox, or set follow_symlinks.")
-        if path.is_dir():
-            raise InputRejected("not_a_file", f"{path.name} is a directory, not a sidecar file.",
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a directory, or a FIFO that would block the read
+            raise InputRejected("not_a_file", f"{path.name} is not a regular file.",
                                 hint="Drop the sidecar as a plain JSON file.")
         with open(path, "rb") as fh:
             raw = fh.read(64 * 1024 + 1)

@@ -100,15 +100,19 @@ class Daemon:
         next_recovery = time.monotonic() + RECOVERY_INTERVAL
         try:
             while not self.stop.is_set():
-                due = intake.tick()
-                now = time.monotonic()
-                if now >= next_rescan:
-                    intake.scan()
-                    next_rescan = now + s.rescan_seconds
-                if now >= next_recovery:
-                    recover_jobs(queue, s.max_crash_attempts)
-                    intake.recover(older_than=timedelta(seconds=s.lease_seconds))
-                    next_recovery = now + RECOVERY_INTERVAL
+                due = MAX_LOOP_SLEEP
+                try:
+                    due = intake.tick()
+                    now = time.monotonic()
+                    if now >= next_rescan:
+                        next_rescan = now + s.rescan_seconds
+                        intake.scan()
+                    if now >= next_recovery:
+                        next_recovery = now + RECOVERY_INTERVAL
+                        recover_jobs(queue, s.max_crash_attempts)
+                        intake.recover(older_than=timedelta(seconds=s.lease_seconds))
+                except Exception:  # e.g. the database briefly unreachable: log, keep serving
+                    log.exception("loop_error")
                 self.loop_wake.wait(min(due, MAX_LOOP_SLEEP))
                 self.loop_wake.clear()
         finally:

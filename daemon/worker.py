@@ -47,12 +47,15 @@ class Worker:
     def run(self, stop: threading.Event, wake: threading.Event) -> None:
         """Take jobs until `stop` is set; `wake` cuts the idle wait short."""
         while not stop.is_set():
-            job = self.queue.claim(self.owner, self.settings.lease_seconds)
-            if job is None:
-                wake.wait(self.settings.worker_poll_seconds)
-                wake.clear()
-                continue
-            self.execute(job)
+            try:
+                job = self.queue.claim(self.owner, self.settings.lease_seconds)
+                if job is not None:
+                    self.execute(job)
+                    continue
+            except Exception:  # a database hiccup must not end the worker thread
+                log.exception("worker_error")
+            wake.wait(self.settings.worker_poll_seconds)
+            wake.clear()
 
     def execute(self, job: Job) -> None:
         requested = GenerationParams.from_dict(job.params)
@@ -73,6 +76,7 @@ class Worker:
                 try:
                     frames = self.generator.generate(image, rung.params, self._progress_writer(job, stop),
                                                      rung.memory)
+                    break
                 except Exception as exc:
                     if not is_oom(exc):
                         raise
@@ -81,10 +85,7 @@ class Worker:
                     log.warning("job_oom", job_id=job.id, attempt=attempt.number, rung=rung.name)
                     tried.append(rung)
                     attempt = None
-                    del exc
-                    free_memory()
-                    continue
-                break
+                free_memory()  # outside the except block, whose traceback would pin the tensors
             else:
                 raise LadderExhausted(_exhausted_message(requested, tried))
             self._publish(job, attempt, requested, rung, tried, frames, started)

@@ -63,6 +63,8 @@ class VideoGenerator:
         report = on_progress or (lambda _p: None)
         device = self.placement.device
         self._use_memory_options(memory)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         raise_injected_oom(params, self.inject_oom_above)
 
         # 1. Encode prompts

@@ -208,6 +208,8 @@ def test_every_bad_input_lands_in_failed_with_its_code(harness, tmp_path):
     for name, (raw, _) in BAD_SIDECARS.items():
         write_image(h.inbox / f"{name}.png")
         (h.inbox / f"{name}.json").write_bytes(raw)
+    write_image(h.inbox / "fifo.png")
+    os.mkfifo(h.inbox / "fifo.json")  # reading it would block the daemon forever
     target = write_image(tmp_path / "real.png")
     os.symlink(target, h.inbox / "link.png")
     write_sidecar(h.inbox / "link.json")
@@ -217,7 +219,8 @@ def test_every_bad_input_lands_in_failed_with_its_code(harness, tmp_path):
     _cmyk_ok(h.inbox / "cmyk.jpg")
     write_sidecar(h.inbox / "cmyk.json")
 
-    expected = {name: code for name, (_, code) in {**BAD_IMAGES, **BAD_SIDECARS}.items()} | {"link": "symlink"}
+    expected = {name: code for name, (_, code) in {**BAD_IMAGES, **BAD_SIDECARS}.items()} | {
+        "link": "symlink", "fifo": "not_a_file"}
     h.pump_until(lambda: len(h.failed_codes()) == len(expected) and len(h.jobs(JobState.QUEUED)) == 2,
                  timeout=20)
     assert h.failed_codes() == expected
