@@ -30,6 +30,18 @@ def wait_denoising(queue, job_id, step=3, timeout=90.0):
              timeout, what=f"job {job_id} denoising step {step}")
 
 
+def start_running(run_daemon, dirs, env, name, **fields):
+    """A daemon whose first job is `name`, returned once that job is a few steps into denoising."""
+    drop_pair(dirs["inbox"], name, **fields)
+    daemon = run_daemon(env)
+    daemon.wait_ready()
+    queue = queue_for(dirs)
+    wait_for(lambda: queue.recent(), what=f"{name} queued")
+    job_id = queue.recent()[0].id
+    wait_denoising(queue, job_id)
+    return daemon, queue, job_id
+
+
 def cli(env, *args):
     return subprocess.run([sys.executable, "-m", "daemon.cli", *args], env=env, capture_output=True, text=True)
 
@@ -61,13 +73,7 @@ def test_oom_downgrade_then_exhausted_ladder(dirs, run_daemon):
 
 def test_kill_9_mid_denoise_then_restart_completes_once(dirs, run_daemon):
     env = daemon_env(dirs)
-    drop_pair(dirs["inbox"], "survivor", steps=60)
-    daemon = run_daemon(env)
-    daemon.wait_ready()
-    queue = queue_for(dirs)
-    wait_for(lambda: queue.recent(), what="job queued")
-    job_id = queue.recent()[0].id
-    wait_denoising(queue, job_id)
+    daemon, queue, job_id = start_running(run_daemon, dirs, env, "survivor", steps=60)
     daemon.proc.send_signal(signal.SIGKILL)
     daemon.proc.wait()
     assert queue.get(job_id).state == JobState.RUNNING  # what the crash left behind
@@ -103,13 +109,7 @@ def test_poison_job_is_failed_after_the_crash_cap(dirs, run_daemon):
 
 def test_cancel_queued_and_running_then_retry(dirs, run_daemon):
     env = daemon_env(dirs)
-    drop_pair(dirs["inbox"], "long", **LONG)
-    daemon = run_daemon(env)
-    daemon.wait_ready()
-    queue = queue_for(dirs)
-    wait_for(lambda: queue.recent(), what="long job queued")
-    long_id = queue.recent()[0].id
-    wait_denoising(queue, long_id)
+    daemon, queue, long_id = start_running(run_daemon, dirs, env, "long", **LONG)
     status = cli(env, "status").stdout
     assert f"running #{long_id} long: denoising [" in status and "/150 ETA " in status
     drop_pair(dirs["inbox"], "waiting")
@@ -155,13 +155,7 @@ def test_transient_failure_is_retried_with_backoff(dirs, run_daemon):
 
 def test_sigterm_returns_within_grace_and_requeues(dirs, run_daemon):
     env = daemon_env(dirs, I2VD_STOP_GRACE_SECONDS="1")
-    drop_pair(dirs["inbox"], "slowpoke", **LONG)
-    daemon = run_daemon(env)
-    daemon.wait_ready()
-    queue = queue_for(dirs)
-    wait_for(lambda: queue.recent(), what="job queued")
-    job_id = queue.recent()[0].id
-    wait_denoising(queue, job_id)
+    daemon, queue, job_id = start_running(run_daemon, dirs, env, "slowpoke", **LONG)
     started = time.monotonic()
     assert daemon.stop(signal.SIGTERM) == 0
     assert time.monotonic() - started < 1 + 5  # grace, plus at most a step and the shutdown
