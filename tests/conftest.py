@@ -82,7 +82,7 @@ def probe(path: Path) -> tuple[int, float, tuple[int, int]]:
     return sum(1 for _ in reader), float(meta["fps"]), tuple(meta["size"])
 
 
-def wait_for(predicate, timeout: float = 60.0, interval: float = 0.1, what: str = "condition"):
+def wait_for(predicate, timeout: float = 180.0, interval: float = 0.1, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = predicate()
