@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from daemon import __version__
+from daemon import __version__, metrics
 from daemon.errors import InputRejected
 from daemon.files import TEMP_PREFIX, move, unique_stem, write_json_atomic
 from daemon.images import check_image, is_image_name
@@ -321,6 +321,7 @@ class Intake:
             except FileNotFoundError:
                 pass
         self.stats.rejected[rejection.code] = self.stats.rejected.get(rejection.code, 0) + 1
+        metrics.intake_rejections.labels(rejection.code).inc()
         log.warning("intake_rejected", error_code=rejection.code, reason=str(rejection),
                     files=[p.name for p in files], error_file=f"{base}.error.json")
 

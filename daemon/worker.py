@@ -9,7 +9,7 @@ import traceback
 from importlib.metadata import version
 from pathlib import Path
 
-from daemon import __version__
+from daemon import __version__, metrics
 from daemon.errors import InputRejected
 from daemon.images import load_rgb
 from daemon.logs import get_logger
@@ -74,17 +74,21 @@ class Worker:
             })
             publish_outputs(tmp, paths, metadata)
             self.queue.succeed(job.id)
+            metrics.job_finished("succeeded", time.monotonic() - started)
             log.info("job_succeeded", job_id=job.id, output=str(paths.video),
                      seconds=round(time.monotonic() - started, 3))
         except GenerationInterrupted:
             self.queue.finish_attempt(attempt.id, "interrupted", error_type="GenerationInterrupted",
                                       error_message="stopped at a denoising step")
             self.queue.requeue(job.id, self.owner)
+            metrics.job_finished("interrupted", time.monotonic() - started)
             log.info("job_interrupted", job_id=job.id, lease_lost=heartbeat.lost.is_set())
         except InputRejected as exc:
             self._fail(job, attempt.id, exc, exc.code)
+            metrics.job_finished("failed", time.monotonic() - started)
         except Exception as exc:
             self._fail(job, attempt.id, exc, "generation_error")
+            metrics.job_finished("failed", time.monotonic() - started)
         finally:
             heartbeat.stop()
             self.current_job = None
@@ -109,6 +113,7 @@ class Worker:
 
         def on_progress(progress: Progress) -> None:
             self.current_progress = progress
+            metrics.record_progress(progress.phase, progress.step)
             if self.interrupt.is_set() or lease_lost.is_set():
                 raise GenerationInterrupted()
             now = time.monotonic()
