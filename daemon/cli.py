@@ -15,7 +15,7 @@ from daemon.errors import I2vdError, InputRejected
 from daemon.files import publish, temp_path, unique_stem, write_atomic
 from daemon.images import is_image_name
 from daemon.models import Job, JobState, utcnow
-from daemon.settings import Settings, load_settings
+from daemon.settings import Settings, describe_error, load_settings
 from daemon.sidecar import PRESETS, parse_sidecar
 from pipeline.errors import ModelUnavailable
 
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
     except (ValidationError, FileNotFoundError, ValueError) as exc:
-        print(f"i2vd: invalid settings: {_one_line(exc)}", file=sys.stderr)
+        print(f"i2vd: invalid settings: {describe_error(exc)}", file=sys.stderr)
         return 2
     try:
         return args.func(settings, args)
@@ -35,12 +35,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-
-
-def _one_line(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
-    return str(exc)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,12 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_run(settings: Settings, _args) -> int:
+def cmd_run(settings: Settings, args) -> int:
     from daemon import logs
     from daemon.service import Daemon
 
-    logs.configure(settings.log_file, settings.log_level)
-    return Daemon(settings).run()
+    logs.configure(settings.log_file, settings.log_level, max_bytes=settings.log_max_bytes,
+                   backup_count=settings.log_backup_count)
+    return Daemon(settings, config_file=args.config).run()
 
 
 def cmd_submit(settings: Settings, args) -> int:

@@ -127,6 +127,7 @@ class Intake:
         seen = self._seen.get(path)
         if seen is None:
             self._seen[path] = _Seen(signature, now, now)
+            log.debug("inbox_file_seen", file=str(path.relative_to(self.settings.inbox_dir)), size=st.st_size)
         elif seen.signature != signature:
             seen.signature, seen.changed_at, seen.checks = signature, now, 1
         else:
