@@ -79,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db", help="database schema").add_subparsers(required=True, metavar="ACTION")
     db.add_parser("upgrade", help="apply migrations up to the newest").set_defaults(func=cmd_db_upgrade)
+
+    units = sub.add_parser("install-systemd", help="write the systemd units with this install's paths")
+    units.add_argument("--output", type=Path, default=Path("/etc/systemd/system"),
+                       help="folder for i2vd.service and i2vd@.service (default: %(default)s)")
+    units.add_argument("--inbox", type=Path, help="inbox folder (default: the inbox_dir setting)")
+    units.add_argument("--outputs", type=Path, help="outputs folder (default: the outputs_dir setting)")
+    units.set_defaults(func=cmd_install_systemd)
     return parser
 
 
@@ -194,6 +201,20 @@ def cmd_db_upgrade(settings: Settings, _args) -> int:
     engine = make_engine(settings.database_url)
     upgrade(engine)
     print(f"database at revision {schema_revision(engine)[0]}")
+    return 0
+
+
+def cmd_install_systemd(settings: Settings, args) -> int:
+    from daemon.units import SYSTEMD_DIR, install_units
+
+    for path in install_units(settings, args.output, inbox=args.inbox, outputs=args.outputs):
+        print(f"wrote {path}")
+    print(f"""
+Next, as root:
+  useradd --system --user-group --home-dir /var/lib/i2vd --shell /usr/sbin/nologin i2vd
+  install -D -m 0640 -g i2vd {SYSTEMD_DIR / "i2vd.env.example"} /etc/i2vd/i2vd.env   # if not there yet
+  systemctl daemon-reload
+  systemctl enable --now i2vd        # or one per GPU: systemctl enable --now i2vd@0 i2vd@1""")
     return 0
 
 
