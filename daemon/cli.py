@@ -80,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database schema").add_subparsers(required=True, metavar="ACTION")
     db.add_parser("upgrade", help="apply migrations up to the newest").set_defaults(func=cmd_db_upgrade)
 
+    doctor = sub.add_parser("doctor", help="check what `i2vd run` needs; exit 1 when something blocks it")
+    doctor.set_defaults(func=cmd_doctor)
+
     units = sub.add_parser("install-systemd", help="write the systemd units with this install's paths")
     units.add_argument("--output", type=Path, default=Path("/etc/systemd/system"),
                        help="folder for i2vd.service and i2vd@.service (default: %(default)s)")
@@ -202,6 +205,12 @@ def cmd_db_upgrade(settings: Settings, _args) -> int:
     upgrade(engine)
     print(f"database at revision {schema_revision(engine)[0]}")
     return 0
+
+
+def cmd_doctor(settings: Settings, _args) -> int:
+    from daemon.doctor import report, run_checks
+
+    return report(run_checks(settings))
 
 
 def cmd_install_systemd(settings: Settings, args) -> int:
