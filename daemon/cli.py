@@ -16,7 +16,7 @@ from daemon.errors import I2vdError, InputRejected
 from daemon.files import publish, temp_path, unique_stem, write_atomic
 from daemon.images import is_image_name
 from daemon.models import Job, JobState, utcnow
-from daemon.settings import Settings, load_settings
+from daemon.settings import Settings, describe_error, load_settings
 from daemon.sidecar import PRESETS, parse_sidecar
 from pipeline.errors import ModelUnavailable
 
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
     except (ValidationError, FileNotFoundError, ValueError) as exc:
-        print(f"i2vd: invalid settings: {_one_line(exc)}", file=sys.stderr)
+        print(f"i2vd: invalid settings: {describe_error(exc)}", file=sys.stderr)
         return 2
     try:
         return args.func(settings, args)
@@ -36,12 +36,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-
-
-def _one_line(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
-    return str(exc)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -95,15 +89,26 @@ def _parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db", help="database schema").add_subparsers(required=True, metavar="ACTION")
     db.add_parser("upgrade", help="apply migrations up to the newest").set_defaults(func=cmd_db_upgrade)
+
+    doctor = sub.add_parser("doctor", help="check what `i2vd run` needs; exit 1 when something blocks it")
+    doctor.set_defaults(func=cmd_doctor)
+
+    units = sub.add_parser("install-systemd", help="write the systemd units with this install's paths")
+    units.add_argument("--output", type=Path, default=Path("/etc/systemd/system"),
+                       help="folder for i2vd.service and i2vd@.service (default: %(default)s)")
+    units.add_argument("--inbox", type=Path, help="inbox folder (default: the inbox_dir setting)")
+    units.add_argument("--outputs", type=Path, help="outputs folder (default: the outputs_dir setting)")
+    units.set_defaults(func=cmd_install_systemd)
     return parser
 
 
-def cmd_run(settings: Settings, _args) -> int:
+def cmd_run(settings: Settings, args) -> int:
     from daemon import logs
     from daemon.service import Daemon
 
-    logs.configure(settings.log_file, settings.log_level)
-    return Daemon(settings).run()
+    logs.configure(settings.log_file, settings.log_level, max_bytes=settings.log_max_bytes,
+                   backup_count=settings.log_backup_count)
+    return Daemon(settings, config_file=args.config).run()
 
 
 def cmd_submit(settings: Settings, args) -> int:
@@ -260,6 +265,26 @@ def cmd_db_upgrade(settings: Settings, _args) -> int:
     engine = make_engine(settings.database_url)
     upgrade(engine)
     print(f"database at revision {schema_revision(engine)[0]}")
+    return 0
+
+
+def cmd_doctor(settings: Settings, _args) -> int:
+    from daemon.doctor import report, run_checks
+
+    return report(run_checks(settings))
+
+
+def cmd_install_systemd(settings: Settings, args) -> int:
+    from daemon.units import SYSTEMD_DIR, install_units
+
+    for path in install_units(settings, args.output, inbox=args.inbox, outputs=args.outputs):
+        print(f"wrote {path}")
+    print(f"""
+Next, as root:
+  useradd --system --user-group --home-dir /var/lib/i2vd --shell /usr/sbin/nologin i2vd
+  install -D -m 0640 -g i2vd {SYSTEMD_DIR / "i2vd.env.example"} /etc/i2vd/i2vd.env   # if not there yet
+  systemctl daemon-reload
+  systemctl enable --now i2vd        # or one per GPU: systemctl enable --now i2vd@0 i2vd@1""")
     return 0
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from daemon import __version__
+from daemon import __version__, metrics
 from daemon.errors import InputRejected
 from daemon.files import TEMP_PREFIX, move, unique_stem, write_json_atomic
 from daemon.images import check_image, is_image_name
@@ -128,6 +128,7 @@ class Intake:
         seen = self._seen.get(path)
         if seen is None:
             self._seen[path] = _Seen(signature, now, now)
+            log.debug("inbox_file_seen", file=str(path.relative_to(self.settings.inbox_dir)), size=st.st_size)
         elif seen.signature != signature:
             seen.signature, seen.changed_at, seen.checks = signature, now, 1
         else:
@@ -331,6 +332,7 @@ class Intake:
             except FileNotFoundError:
                 pass
         self.stats.rejected[rejection.code] = self.stats.rejected.get(rejection.code, 0) + 1
+        metrics.intake_rejections.labels(rejection.code).inc()
         log.warning("intake_rejected", error_code=rejection.code, reason=str(rejection),
                     files=[p.name for p in files], error_file=f"{base}.error.json")
 

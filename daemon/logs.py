@@ -1,8 +1,11 @@
-"""The one logger set-up: structlog events as JSON lines in the log file, readable on a TTY."""
+"""The one logger set-up: structlog events as JSON lines in a rotating log file, and on the console
+readable on a TTY, as JSON lines on stdout for journald under systemd, else as JSON lines on stderr."""
 
 from __future__ import annotations
 
 import logging
+import logging.handlers
+import os
 import sys
 from pathlib import Path
 
@@ -15,22 +18,30 @@ _SHARED = [
 ]
 
 
-def configure(log_file: Path | None, level: str = "info", *, console: bool = True) -> None:
-    """Route structlog through stdlib logging to a JSON file and the console."""
+# syslog priorities; journald reads a "<N>" line prefix on stdout as the line's priority.
+_PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+def configure(log_file: Path | None, level: str = "info", *, console: bool = True, max_bytes: int = 0,
+              backup_count: int = 1) -> None:
+    """Route structlog through stdlib logging to a JSON file (rotated at max_bytes) and the console."""
     handlers: list[logging.Handler] = []
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        file_handler = logging.handlers.RotatingFileHandler(
+            log_file, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8")
         file_handler.setFormatter(_formatter(structlog.processors.JSONRenderer()))
         handlers.append(file_handler)
     if console:
-        stream = logging.StreamHandler(sys.stderr)
-        renderer = (
-            structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-            if sys.stderr.isatty()
-            else structlog.processors.JSONRenderer()
-        )
-        stream.setFormatter(_formatter(renderer))
+        if sys.stderr.isatty():  # a person is watching, even inside a systemd-started terminal
+            stream = logging.StreamHandler(sys.stderr)
+            stream.setFormatter(_formatter(structlog.dev.ConsoleRenderer(colors=True)))
+        elif under_systemd():
+            stream = logging.StreamHandler(sys.stdout)
+            stream.setFormatter(_formatter(structlog.processors.JSONRenderer(), _JournalFormatter))
+        else:
+            stream = logging.StreamHandler(sys.stderr)
+            stream.setFormatter(_formatter(structlog.processors.JSONRenderer()))
         handlers.append(stream)
 
     root = logging.getLogger()
@@ -54,11 +65,24 @@ def configure(log_file: Path | None, level: str = "info", *, console: bool = Tru
 
 
 def set_level(level: str) -> None:
+    """Change the level of every handler at once; safe while the daemon runs."""
     logging.getLogger().setLevel(level.upper())
 
 
-def _formatter(renderer: object) -> structlog.stdlib.ProcessorFormatter:
-    return structlog.stdlib.ProcessorFormatter(
+def under_systemd() -> bool:
+    """True when a service manager started us (its output then goes to the journal)."""
+    return bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
+
+
+class _JournalFormatter(structlog.stdlib.ProcessorFormatter):
+    """One JSON line per event, prefixed with its syslog priority so `journalctl -p` works."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{_PRIORITIES.get(record.levelno, 6)}>{super().format(record)}"
+
+
+def _formatter(renderer: object, cls: type = structlog.stdlib.ProcessorFormatter):
+    return cls(
         foreign_pre_chain=_SHARED,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,

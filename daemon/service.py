@@ -6,29 +6,35 @@ import signal
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
-from daemon import __version__
+from daemon import __version__, logs, metrics
 from daemon.db import make_engine, session_factory, upgrade
+from daemon.errors import I2vdError
 from daemon.intake import Intake
 from daemon.logs import get_logger
+from daemon.metrics import MetricsServer
+from daemon.models import JobState
+from daemon.notify import Notifier, StartupKeepalive
 from daemon.queue import JobQueue
 from daemon.recovery import recover_jobs, sweep_outputs
-from daemon.settings import Settings
+from daemon.reload import reload_settings
+from daemon.settings import Settings, describe_error, split_host_port
 from daemon.watcher import choose_mode, start_observer
 from daemon.worker import Worker
 from pipeline.generate import VideoGenerator
-from pipeline.loader import load_pipeline, resolve_placement
+from pipeline.loader import Placement, load_pipeline, resolve_placement
 from pipeline.tiny import ensure_tiny_model
 
 log = get_logger("i2vd.service")
 
 MAX_LOOP_SLEEP = 1.0  # seconds; the main loop never sleeps longer (signals, rescans, recovery)
 RECOVERY_INTERVAL = 15.0
+STATUS_INTERVAL = 1.0  # seconds between STATUS= updates to systemd (sent only when the text changed)
 
 
-def load_generator(settings: Settings) -> VideoGenerator:
+def load_generator(settings: Settings, placement: Placement) -> VideoGenerator:
     """Load the configured model once; the tiny smoke-test model is built on first use."""
-    placement = resolve_placement(settings.device, settings.dtype)
     model = settings.model
     if settings.is_tiny_model:
         model = str(ensure_tiny_model(settings.state_dir / "models" / "tiny-i2vgen-xl"))
@@ -49,11 +55,17 @@ def load_generator(settings: Settings) -> VideoGenerator:
 class Daemon:
     """One i2vd process: an intake loop in the main thread and one worker thread."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, config_file: Path | None = None) -> None:
         self.settings = settings
+        self.config_file = config_file  # re-read on SIGHUP
         self.stop = threading.Event()
+        self.reload_requested = threading.Event()
         self.loop_wake = threading.Event()
         self.worker_wake = threading.Event()
+        self.worker_crashed = False
+        self.notifier = Notifier()
+        self._status = ""
+        self._job_names: dict[int, str] = {}
 
     def request_stop(self, signum: int | None = None, _frame=None) -> None:
         if not self.stop.is_set():
@@ -62,48 +74,98 @@ class Daemon:
         self.loop_wake.set()
         self.worker_wake.set()
 
+    def request_reload(self, _signum: int | None = None, _frame=None) -> None:
+        self.reload_requested.set()
+        self.loop_wake.set()
+
     def run(self) -> int:
         s = self.settings
         for directory in (s.inbox_dir, s.outputs_dir, s.state_dir, s.done_dir, s.failed_dir):
             directory.mkdir(parents=True, exist_ok=True)
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, self.request_reload)  # before the slow start-up: HUP must not kill us
         log.info("daemon_starting", version=__version__, inbox=str(s.inbox_dir), outputs=str(s.outputs_dir),
                  database=_redact(s.database_url))
+        self.notifier.status(f"Starting: database migrations, then loading model {s.model}")
 
         engine = make_engine(s.database_url)
-        upgrade(engine)
-        queue = JobQueue(session_factory(engine))
-        generator = load_generator(s)
-        if self.stop.is_set():
-            return 0
+        metrics_server = None
+        try:
+            with StartupKeepalive(self.notifier, s.startup_timeout_seconds):
+                upgrade(engine)
+                queue = JobQueue(session_factory(engine))
+                placement = resolve_placement(s.device, s.dtype)
+                metrics_server = self._start_metrics(queue, placement)  # before the load: a taken port fails fast
+                self.notifier.status(f"Starting: loading model {s.model}")
+                generator = load_generator(s, placement)
+            metrics.info.info({"version": __version__, "model": s.model, "device": str(placement.device),
+                               "dtype": str(placement.dtype).removeprefix("torch.")})
+            if self.stop.is_set():
+                self.notifier.stopping("Stopped during start-up")
+                return 0
+            return self._serve(queue, generator)
+        finally:
+            if metrics_server is not None:
+                metrics_server.close()
+            engine.dispose()
+            self.notifier.close()
 
+    def _start_metrics(self, queue: JobQueue, placement: Placement) -> MetricsServer | None:
+        s = self.settings
+        if not s.metrics_enabled:
+            return None
+        host, port = split_host_port(s.metrics_address)
+        try:
+            server = MetricsServer(host, port, queue.counts, placement.device)
+        except OSError as exc:
+            raise I2vdError(f"cannot serve metrics on {s.metrics_address} ({exc.strerror or exc}); set "
+                            "I2VD_METRICS_ADDRESS to a free address or I2VD_METRICS_ENABLED=false") from None
+        log.info("metrics_serving", url=f"http://{s.metrics_address.rpartition(':')[0]}:{server.port}/metrics")
+        return server
+
+    def _serve(self, queue: JobQueue, generator: VideoGenerator) -> int:
+        s = self.settings
         recover_jobs(queue, s.max_crash_attempts)
         sweep_outputs(queue, s.outputs_dir)
         intake = Intake(s, queue, on_queued=self.worker_wake.set)
         intake.recover()
-        mode = choose_mode(s.observer, s.inbox_dir)
 
         def on_event(path: str) -> None:
             intake.notify(path)
             self.loop_wake.set()
 
+        mode = choose_mode(s.observer, s.inbox_dir)
         observer = start_observer(s.inbox_dir, mode, s.poll_interval_seconds, on_event)
         intake.scan()
         worker = Worker(s, queue, generator)
-        worker_thread = threading.Thread(target=worker.run, args=(self.stop, self.worker_wake),
-                                         name="worker", daemon=True)
+        worker_thread = threading.Thread(target=self._run_worker, args=(worker,), name="worker", daemon=True)
         worker_thread.start()
+        self._status = self._status_line(queue, worker)
+        self.notifier.ready(self._status)
         log.info("daemon_ready", observer=mode, settle_seconds=s.settle_seconds)
 
-        next_rescan = time.monotonic() + s.rescan_seconds
-        next_recovery = time.monotonic() + RECOVERY_INTERVAL
+        ping_every = self.notifier.watchdog_interval
+        now = time.monotonic()
+        next_rescan = now + s.rescan_seconds
+        next_recovery = now + RECOVERY_INTERVAL
+        next_status = now + STATUS_INTERVAL
+        next_ping = now
         try:
             while not self.stop.is_set():
+                if self.reload_requested.is_set():
+                    self.reload_requested.clear()
+                    if self._reload(queue, worker):
+                        observer.stop()
+                        observer.join(timeout=5)
+                        mode = choose_mode(s.observer, s.inbox_dir)
+                        observer = start_observer(s.inbox_dir, mode, s.poll_interval_seconds, on_event)
+                        log.info("observer_restarted", observer=mode, poll_interval_seconds=s.poll_interval_seconds)
+                        intake.scan()  # whatever happened while no observer was watching
                 due = MAX_LOOP_SLEEP
+                now = time.monotonic()
                 try:
                     due = intake.tick()
-                    now = time.monotonic()
                     if now >= next_rescan:
                         next_rescan = now + s.rescan_seconds
                         intake.scan()
@@ -113,23 +175,95 @@ class Daemon:
                         intake.recover(older_than=timedelta(seconds=s.lease_seconds))
                 except Exception:  # e.g. the database briefly unreachable: log, keep serving
                     log.exception("loop_error")
-                self.loop_wake.wait(min(due, MAX_LOOP_SLEEP))
+                if now >= next_status:
+                    self._update_status(queue, worker)
+                    next_status = now + STATUS_INTERVAL
+                wait = min(due, MAX_LOOP_SLEEP)
+                if ping_every is not None:
+                    # Pinged from this loop, not a helper thread: a loop that hangs stops the pings.
+                    if now >= next_ping:
+                        self.notifier.watchdog()
+                        next_ping = now + ping_every
+                    wait = min(wait, max(next_ping - now, 0.0))
+                self.loop_wake.wait(wait)
                 self.loop_wake.clear()
         finally:
+            self.notifier.stopping(self._stopping_line(worker))
             observer.stop()
             self._stop_worker(worker, worker_thread)
             observer.join(timeout=5)
-            engine.dispose()
         log.info("daemon_stopped")
-        return 0
+        return 1 if self.worker_crashed else 0
+
+    def _run_worker(self, worker: Worker) -> None:
+        """The worker thread; if it dies, the whole daemon stops with an error so systemd restarts it."""
+        try:
+            worker.run(self.stop, self.worker_wake)
+        except Exception:
+            log.exception("worker_crashed", job_id=worker.current_job)
+            self.worker_crashed = True
+            self.request_stop()
+
+    def _reload(self, queue: JobQueue, worker: Worker) -> bool:
+        """Apply live settings; True when the inbox observer must restart to take them."""
+        self.notifier.reloading()
+        restart_observer = False
+        try:
+            result = reload_settings(self.settings, self.config_file)
+        except (ValueError, OSError) as exc:  # invalid TOML or values, missing file: keep the old settings
+            log.error("reload_failed", error=describe_error(exc))
+        else:
+            if "log_level" in result.applied:
+                logs.set_level(self.settings.log_level)
+            log.info("settings_reloaded", changed=result.applied, restart_required=result.restart_required)
+            if result.restart_required:
+                log.warning("restart_required", settings=result.restart_required,
+                            detail="these settings apply only at start: systemctl restart i2vd")
+            restart_observer = bool({"observer", "poll_interval_seconds"} & result.applied.keys())
+        self._status = self._status_line(queue, worker)
+        self.notifier.ready(self._status)  # READY=1 ends the reload
+        return restart_observer
+
+    def _status_line(self, queue: JobQueue, worker: Worker) -> str:
+        """What `systemctl status` shows: the running job and its step, and the queue depth."""
+        queued = queue.counts()[JobState.QUEUED]
+        job_id, progress = worker.current_job, worker.current_progress
+        if job_id is None:
+            return f"Idle; {queued} queued"
+        if job_id not in self._job_names:
+            job = queue.get(job_id)
+            self._job_names = {job_id: job.output_stem if job else "?"}
+        doing = progress.phase.replace("_", " ") if progress else "starting"
+        if progress and progress.total:
+            doing += f" step {progress.step}/{progress.total}"
+        return f"Job #{job_id} {self._job_names[job_id]}: {doing}; {queued} queued"
+
+    def _update_status(self, queue: JobQueue, worker: Worker) -> None:
+        if not self.notifier.enabled:
+            return
+        line = self._status_line(queue, worker)
+        if line != self._status:
+            self.notifier.status(line)
+            self._status = line
+
+    def _stopping_line(self, worker: Worker) -> str:
+        if worker.current_job is None:
+            return "Stopping"
+        return (f"Stopping: job #{worker.current_job} has {self.settings.stop_grace_seconds:g} s to finish, "
+                "then it is requeued")
 
     def _stop_worker(self, worker: Worker, thread: threading.Thread) -> None:
         """Let the running job finish within the grace time, else stop it at its next step."""
-        thread.join(self.settings.stop_grace_seconds)
+        deadline = time.monotonic() + self.settings.stop_grace_seconds
+        while thread.is_alive() and time.monotonic() < deadline:
+            thread.join(min(1.0, max(deadline - time.monotonic(), 0.0)))
+            self.notifier.watchdog()  # still alive while the job winds down
         if thread.is_alive():
             log.info("job_interrupting", job_id=worker.current_job)
             worker.interrupt.set()
-            thread.join()
+            while thread.is_alive():
+                thread.join(1.0)
+                self.notifier.watchdog()
 
 
 def _redact(url: str) -> str:

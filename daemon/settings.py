@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite file in state_dir.")
     log_file: Path | None = Field(None, description="JSON-lines log; default state_dir/i2vd.log.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_max_bytes: int = Field(50 * 1024 * 1024, ge=0, description="Rotate the log file at this size; 0 never.")
+    log_backup_count: int = Field(5, ge=1, description="Rotated log files kept (i2vd.log.1 ...).")
 
     # Model
     model: str = Field("ali-vilab/i2vgen-xl", description="Hub id, local directory, or 'tiny' (smoke test).")
@@ -68,10 +70,22 @@ class Settings(BaseSettings):
     fault_oom_above: int | None = Field(None, description="Raise CUDA OOM above width*height*frames.")
     fault_crash_prompt: str | None = Field(None, description="SIGKILL the worker mid-job on prompts with this.")
 
+    # Service
+    metrics_enabled: bool = Field(True, description="Serve Prometheus metrics on metrics_address.")
+    metrics_address: str = Field("127.0.0.1:9731", description="host:port of /metrics; port 0 picks a free one.")
+    startup_timeout_seconds: float = Field(
+        3600.0, gt=0, description="Under systemd: how long migrations plus model download and load may take.")
+
     @field_validator("inbox_dir", "outputs_dir", "state_dir", "log_file")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().absolute()
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        split_host_port(value)
+        return value
 
     @model_validator(mode="after")
     def _derived_defaults(self) -> Settings:
@@ -107,6 +121,21 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """'host:port' or '[v6 address]:port' as (host, port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{address!r} is not host:port (e.g. 127.0.0.1:9731 or [::1]:9731)")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def describe_error(exc: Exception) -> str:
+    """A settings error on one line, naming each bad setting."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+    return str(exc)
 
 
 def load_settings(config_file: Path | None = None, **overrides: object) -> Settings:

@@ -11,7 +11,7 @@ import traceback
 from importlib.metadata import version
 from pathlib import Path
 
-from daemon import __version__
+from daemon import __version__, metrics
 from daemon.errors import InputRejected, LadderExhausted
 from daemon.images import load_rgb
 from daemon.logs import get_logger
@@ -83,6 +83,7 @@ class Worker:
                     self.queue.finish_attempt(attempt.id, "oom", error_type=type(exc).__name__,
                                               error_message=str(exc), peak_gpu_memory_bytes=peak_memory_bytes())
                     log.warning("job_oom", job_id=job.id, attempt=attempt.number, rung=rung.name)
+                    metrics.oom_downgrades.inc()
                     tried.append(rung)
                     attempt = None
                 free_memory()  # outside the except block, whose traceback would pin the tensors
@@ -91,8 +92,10 @@ class Worker:
             self._publish(job, attempt, requested, rung, tried, frames, started)
         except GenerationInterrupted:
             self._interrupted(job, attempt, stop, heartbeat)
+            metrics.job_finished("cancelled" if stop.cancelled else "interrupted", time.monotonic() - started)
         except Exception as exc:
             self._failed(job, attempt, exc)
+            metrics.job_finished("failed", time.monotonic() - started)
         finally:
             heartbeat.stop()
             self.current_job = None
@@ -116,6 +119,7 @@ class Worker:
         metadata["downgrade"] = _downgrade(requested, rung) if tried else None
         publish_outputs(tmp, paths, metadata)
         self.queue.succeed(job.id)
+        metrics.job_finished("succeeded", time.monotonic() - started)
         log.info("job_succeeded", job_id=job.id, output=str(paths.video), rung=rung.name,
                  seconds=round(time.monotonic() - started, 3))
 
@@ -162,6 +166,7 @@ class Worker:
 
         def on_progress(progress: Progress) -> None:
             self.current_progress = progress
+            metrics.record_progress(progress.phase, progress.step)
             if crash_here and progress.step == 2:
                 os.kill(os.getpid(), signal.SIGKILL)  # fault injection: a worker crash mid-denoise
             now = time.monotonic()

@@ -92,12 +92,19 @@ def wait_for(predicate, timeout: float = 180.0, interval: float = 0.1, what: str
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+# Set by systemd for its services (a CI runner may be one); a test daemon gets them only on purpose.
+SERVICE_MANAGER_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "INVOCATION_ID", "JOURNAL_STREAM")
+
+
 def daemon_env(dirs: dict[str, Path], **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("I2VD_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("I2VD_") and k not in SERVICE_MANAGER_VARS}
     env.update({
         "I2VD_INBOX_DIR": str(dirs["inbox"]), "I2VD_OUTPUTS_DIR": str(dirs["outputs"]),
         "I2VD_STATE_DIR": str(dirs["state"]), "I2VD_MODEL": "tiny", "I2VD_SETTLE_SECONDS": "0.3",
         "I2VD_POLL_INTERVAL_SECONDS": "0.3", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+        # Any free port: test daemons never collide with each other or with a real i2vd.
+        "I2VD_METRICS_ADDRESS": "127.0.0.1:0",
     })
     env.update(extra)
     return env
