@@ -112,3 +112,18 @@ def test_unreachable_model_fails_with_one_clear_line(dirs, tmp_path):
                                  env=daemon_env(dirs, I2VD_MODEL=str(tmp_path / "no-such-model")), timeout=120)
     assert missing_dir.returncode == 2
     assert "no model_index.json" in missing_dir.stderr.strip().splitlines()[-1]
+
+
+def test_real_model_on_cpu_warns_and_serves(dirs, run_daemon):
+    """A model given as a directory (not the `tiny` smoke test) on a CPU-only machine: warn, then run."""
+    model_dir = dirs["state"] / "models" / "tiny-i2vgen-xl"
+    daemon = run_daemon(daemon_env(dirs, I2VD_MODEL=str(model_dir), I2VD_DEVICE="auto"))
+    daemon.wait_ready()
+    drop_pair(dirs["inbox"], "cpu")
+    video = wait_for(lambda: next(iter(dirs["outputs"].glob("cpu_*.mp4")), None), what="MP4 on CPU")
+    assert daemon.stop() == 0
+    warning = next(json.loads(line) for line in (dirs["state"] / "i2vd.log").read_text().splitlines()
+                   if '"cpu_generation_slow"' in line)
+    assert warning["level"] == "warning" and "CPU" in warning["detail"]
+    metadata = json.loads(video.with_suffix(".json").read_text())
+    assert metadata["model"] == {"id": str(model_dir), "smoke_test": False, "device": "cpu", "dtype": "float32"}
