@@ -1,4 +1,4 @@
-"""The database edge: engine creation (SQLite tuned for a daemon) and alembic migrations."""
+"""The database edge: engine creation (SQLite tuned for a daemon, or PostgreSQL) and alembic migrations."""
 
 from __future__ import annotations
 
@@ -8,17 +8,25 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import URL, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from daemon.errors import ConfigError
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "alembic"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# A daemon needs four connections at once (intake loop, worker, job heartbeat, worker heartbeat).
+# Keeping no more open lets ~20 daemons share PostgreSQL's default max_connections of 100;
+# the overflow (closed again after use) covers a short burst such as a CLI command in-process.
+POSTGRES_POOL_SIZE = 4
 
 
 def make_engine(url: str) -> Engine:
     """An engine for `url`; SQLite files get WAL, a busy timeout and foreign keys."""
     parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        return _postgres_engine(parsed)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     if parsed.database:
@@ -35,6 +43,25 @@ def make_engine(url: str) -> Engine:
         cur.close()
 
     return engine
+
+
+def _postgres_engine(url: URL) -> Engine:
+    if url.drivername == "postgresql":  # the bare scheme means psycopg2 to SQLAlchemy; i2vd ships psycopg 3
+        url = url.set(drivername="postgresql+psycopg")
+    try:
+        return create_engine(url, pool_pre_ping=True, pool_size=POSTGRES_POOL_SIZE,
+                             max_overflow=POSTGRES_POOL_SIZE)
+    except ImportError as exc:
+        raise ConfigError(f"database_url {url.drivername}:// needs the {exc.name} package: "
+                          "pip install 'i2vd[postgres]'") from None
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for other engines and in-memory databases."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
