@@ -127,23 +127,37 @@ def cmd_submit(settings: Settings, args) -> int:
     return 0
 
 
-def _queue(settings: Settings):
+def _sessions(settings: Settings):
     from daemon.db import make_engine, schema_revision, session_factory
-    from daemon.queue import JobQueue
 
     engine = make_engine(settings.database_url)
     current, head = schema_revision(engine)
     if current != head:
         raise I2vdError(f"database schema is at {current or 'nothing'}, not {head}: run `i2vd db upgrade`")
-    return JobQueue(session_factory(engine))
+    return session_factory(engine)
+
+
+def _queue(settings: Settings):
+    from daemon.queue import JobQueue
+
+    return JobQueue(_sessions(settings))
 
 
 def cmd_status(settings: Settings, args) -> int:
-    queue = _queue(settings)
+    from daemon.queue import JobQueue
+    from daemon.workers import lease_note, recent_workers, worker_lines
+
+    sessions = _sessions(settings)
+    queue = JobQueue(sessions)
     counts = queue.counts()
     print("  ".join(f"{state.value}: {counts[state]}" for state in JobState))
-    for job in queue.running():
-        print(f"running #{job.id} {job.output_stem}: {progress_line(job)}")
+    running, now = queue.running(), utcnow()
+    for job in running:
+        print(f"running #{job.id} {job.output_stem} on {job.lease_owner}: {progress_line(job)}"
+              f"{lease_note(job, now)}")
+    workers = worker_lines(recent_workers(sessions, now), running, now, settings.lease_seconds)
+    if workers:
+        print("", *workers, sep="\n")
     jobs = queue.recent(args.limit)
     if jobs:
         print(f"\n{'ID':>5}  {'STATE':<10} {'NAME':<28} {'CREATED (UTC)':<20} RESULT")
@@ -176,7 +190,9 @@ def cmd_jobs_show(settings: Settings, args) -> int:
         return 1
     data = {c.name: getattr(job, c.name) for c in Job.__table__.columns}
     data["attempts"] = [
-        {c.name: getattr(a, c.name) for c in a.__table__.columns if c.name != "job_id"} for a in job.attempts
+        {**{c.name: getattr(a, c.name) for c in a.__table__.columns if c.name != "job_id"},
+         **{key: getattr(a.worker_record, key, None) for key in ("host", "pid", "gpu", "device")}}
+        for a in job.attempts
     ]
     if args.json:
         print(json.dumps(data, indent=2, default=str))
@@ -186,7 +202,8 @@ def cmd_jobs_show(settings: Settings, args) -> int:
             continue
         print(f"{key:>18}: {value.value if isinstance(value, JobState) else value}")
     for attempt in data["attempts"]:
-        print(f"\nattempt {attempt['number']} on {attempt['worker']}: {attempt['outcome'] or 'running'}")
+        where = f" (GPU {attempt['gpu']})" if attempt["gpu"] else ""
+        print(f"\nattempt {attempt['number']} on {attempt['worker']}{where}: {attempt['outcome'] or 'running'}")
         for key in ("started_at", "finished_at", "error_type", "error_message"):
             if attempt[key] is not None:
                 print(f"{key:>18}: {attempt[key]}")

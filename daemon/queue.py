@@ -102,10 +102,10 @@ class JobQueue:
             s.commit()
             return job
 
-    def start_attempt(self, job_id: int, worker: str, params: dict) -> Attempt:
+    def start_attempt(self, job_id: int, worker: str, params: dict, worker_id: int | None = None) -> Attempt:
         with self._sessions() as s:
             number = (s.scalar(select(func.max(Attempt.number)).where(Attempt.job_id == job_id)) or 0) + 1
-            attempt = Attempt(job_id=job_id, number=number, worker=worker, params=params)
+            attempt = Attempt(job_id=job_id, number=number, worker=worker, params=params, worker_id=worker_id)
             s.add(attempt)
             s.commit()
             return attempt

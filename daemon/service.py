@@ -16,6 +16,7 @@ from daemon.recovery import recover_jobs, sweep_outputs
 from daemon.settings import Settings
 from daemon.watcher import choose_mode, start_observer
 from daemon.worker import Worker
+from daemon.workers import WorkerRegistry, this_process
 from pipeline.generate import VideoGenerator
 from pipeline.loader import load_pipeline, resolve_placement
 from pipeline.tiny import ensure_tiny_model
@@ -88,7 +89,9 @@ class Daemon:
 
         observer = start_observer(s.inbox_dir, mode, s.poll_interval_seconds, on_event)
         intake.scan()
-        worker = Worker(s, queue, generator)
+        registry = WorkerRegistry(session_factory(engine), this_process(), s.lease_seconds)
+        worker = Worker(s, queue, generator, registry.register(str(generator.placement.device)))
+        registry.start()
         worker_thread = threading.Thread(target=worker.run, args=(self.stop, self.worker_wake),
                                          name="worker", daemon=True)
         worker_thread.start()
@@ -112,6 +115,7 @@ class Daemon:
         finally:
             observer.stop()
             self._stop_worker(worker, worker_thread)
+            registry.stop()
             observer.join(timeout=5)
             engine.dispose()
         log.info("daemon_stopped")

@@ -29,11 +29,13 @@ PROGRESS_WRITE_INTERVAL = 0.5  # seconds between progress rows; phases are alway
 class Worker:
     """Runs queued jobs one at a time on a pipeline that stays loaded."""
 
-    def __init__(self, settings: Settings, queue: JobQueue, generator: VideoGenerator) -> None:
+    def __init__(self, settings: Settings, queue: JobQueue, generator: VideoGenerator,
+                 worker_id: int | None = None) -> None:
         self.settings = settings
         self.queue = queue
         self.generator = generator
         self.owner = worker_identity()
+        self.worker_id = worker_id  # this process's row in the worker registry
         self.interrupt = threading.Event()  # stop the running job at its next step
         self.current_job: int | None = None
         self.current_progress: Progress | None = None
@@ -50,7 +52,7 @@ class Worker:
 
     def execute(self, job: Job) -> None:
         params = GenerationParams.from_dict(job.params)
-        attempt = self.queue.start_attempt(job.id, self.owner, job.params)
+        attempt = self.queue.start_attempt(job.id, self.owner, job.params, self.worker_id)
         self.current_job = job.id
         log.info("job_started", job_id=job.id, attempt=attempt.number, width=params.width,
                  height=params.height, num_frames=params.num_frames, steps=params.steps)
@@ -148,7 +150,8 @@ class Worker:
                 **timings,
             },
             "attempts": [
-                {"number": a.number, "worker": a.worker, "outcome": a.outcome, "error": a.error_message,
+                {"number": a.number, "worker": a.worker, "gpu": a.worker_record.gpu if a.worker_record else None,
+                 "outcome": a.outcome, "error": a.error_message,
                  "started_at": a.started_at.isoformat(),
                  "finished_at": a.finished_at.isoformat() if a.finished_at else None}
                 for a in self.queue.get(job.id).attempts
