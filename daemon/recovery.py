@@ -59,6 +59,5 @@ def _close_open_attempts(queue: JobQueue, job: Job) -> None:
 
 
 def sweep_outputs(queue: JobQueue, outputs_dir: Path) -> None:
-    running = {job.id for job in queue.running()}
-    for path in sweep_temporaries(outputs_dir, running):
+    for path in sweep_temporaries(outputs_dir, lambda: {job.id for job in queue.running()}):
         log.info("temp_removed", path=str(path))
