@@ -98,7 +98,9 @@ class Daemon:
         log.info("daemon_ready", observer=mode, settle_seconds=s.settle_seconds)
 
         next_rescan = time.monotonic() + s.rescan_seconds
-        next_recovery = time.monotonic() + RECOVERY_INTERVAL
+        # With several daemons, another host's lost job waits for this pass: keep it within a lease.
+        recovery_interval = min(RECOVERY_INTERVAL, s.lease_seconds)
+        next_recovery = time.monotonic() + recovery_interval
         try:
             while not self.stop.is_set():
                 due = intake.tick()
@@ -109,7 +111,7 @@ class Daemon:
                 if now >= next_recovery:
                     recover_jobs(queue)
                     intake.recover(older_than=timedelta(seconds=s.lease_seconds))
-                    next_recovery = now + RECOVERY_INTERVAL
+                    next_recovery = now + recovery_interval
                 self.loop_wake.wait(min(due, MAX_LOOP_SLEEP))
                 self.loop_wake.clear()
         finally:

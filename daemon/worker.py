@@ -68,7 +68,10 @@ class Worker:
                                  job.output_stem, job.created_at.astimezone())
             tmp = encode_video(job.id, frames, params.fps, paths.video.parent)
             encoded = time.monotonic()
-            self.queue.set_outputs(job.id, str(paths.video), str(paths.metadata))
+            if not self.queue.set_outputs(job.id, str(paths.video), str(paths.metadata), self.owner):
+                tmp.unlink(missing_ok=True)  # another worker took the job over meanwhile and makes its video
+                heartbeat.lost.set()
+                raise GenerationInterrupted("the lease was lost before the video was published")
             self.queue.finish_attempt(attempt.id, "succeeded")
             metadata = self._metadata(job, params, paths.video, frames.shape, {
                 "generation_seconds": round(generated - started, 3),
@@ -78,9 +81,9 @@ class Worker:
             self.queue.succeed(job.id)
             log.info("job_succeeded", job_id=job.id, output=str(paths.video),
                      seconds=round(time.monotonic() - started, 3))
-        except GenerationInterrupted:
+        except GenerationInterrupted as exc:
             self.queue.finish_attempt(attempt.id, "interrupted", error_type="GenerationInterrupted",
-                                      error_message="stopped at a denoising step")
+                                      error_message=str(exc))
             self.queue.requeue(job.id, self.owner)
             log.info("job_interrupted", job_id=job.id, lease_lost=heartbeat.lost.is_set())
         except InputRejected as exc:
