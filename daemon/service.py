@@ -8,13 +8,13 @@ import time
 from datetime import timedelta
 
 from daemon import __version__
-from daemon.db import make_engine, session_factory, upgrade
+from daemon.db import make_engine, session_factory, sqlite_path, upgrade
 from daemon.intake import Intake
 from daemon.logs import get_logger
 from daemon.queue import JobQueue
 from daemon.recovery import recover_jobs, sweep_outputs
 from daemon.settings import Settings
-from daemon.watcher import choose_mode, start_observer
+from daemon.watcher import choose_mode, filesystem_type, needs_polling, start_observer
 from daemon.worker import Worker
 from daemon.workers import WorkerRegistry, this_process
 from pipeline.generate import VideoGenerator
@@ -70,6 +70,11 @@ class Daemon:
         log.info("daemon_starting", version=__version__, inbox=str(s.inbox_dir), outputs=str(s.outputs_dir),
                  database=_redact(s.database_url))
 
+        db_file = sqlite_path(s.database_url)
+        if db_file is not None and needs_polling(fs := filesystem_type(db_file.parent)):
+            log.warning("database_on_network_fs", path=str(db_file), filesystem=fs,
+                        detail="SQLite's locking is not safe on network filesystems; keep the database "
+                               "on local disk, and use PostgreSQL to share one inbox between hosts")
         engine = make_engine(s.database_url)
         upgrade(engine)
         queue = JobQueue(session_factory(engine))
