@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
@@ -53,3 +55,22 @@ def test_migrations_build_the_models_schema_and_go_down_and_up(database_url):
     upgrade(engine)
     assert schema_revision(engine)[0] == head
     engine.dispose()
+
+
+def upgrade_when_told(url: str, start) -> None:
+    engine = make_engine(url)
+    start.wait()
+    upgrade(engine)
+
+
+def test_daemons_starting_together_on_a_fresh_database_all_come_up(database_url):
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(4)
+    procs = [ctx.Process(target=upgrade_when_told, args=(database_url, start)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    current, head = schema_revision(make_engine(database_url))
+    assert current == head
