@@ -9,10 +9,12 @@ import threading
 
 from sqlalchemy.engine import make_url
 
+from conftest import TINY_SIDECAR, make_settings, write_image
 from daemon.db import make_engine, session_factory, upgrade
 from daemon.models import JobState, utcnow
 from daemon.queue import JobQueue, NewJob
 from daemon.recovery import recover_jobs
+from daemon.sidecar import Sidecar, resolve
 
 
 def make_shared_queue(url: str) -> JobQueue:
@@ -21,10 +23,11 @@ def make_shared_queue(url: str) -> JobQueue:
     return JobQueue(session_factory(engine))
 
 
-def queued(queue: JobQueue, key: str, priority: int = 0) -> int:
+def queued(queue: JobQueue, key: str, priority: int = 0, params: dict | None = None,
+           image: str | None = None) -> int:
     job, created = queue.create(NewJob(
-        idempotency_key=key, params={"seed": 1}, priority=priority, output_stem=key, output_subdir="",
-        source_image=f"/in/{key}.png", source_sidecar=f"/in/{key}.json", image_path=f"/done/{key}.png",
+        idempotency_key=key, params=params or {"seed": 1}, priority=priority, output_stem=key, output_subdir="",
+        source_image=f"/in/{key}.png", source_sidecar=f"/in/{key}.json", image_path=image or f"/done/{key}.png",
         sidecar_path=f"/done/{key}.json"))
     assert created and queue.mark_queued(job.id)
     return job.id
@@ -129,3 +132,26 @@ def test_times_come_back_in_utc_whatever_the_session_time_zone(postgres_url):
     job = queue.get(queued(queue, "a"))
     assert job.created_at.utcoffset().total_seconds() == 0
     assert abs((utcnow() - job.created_at).total_seconds()) < 60
+
+
+def test_a_worker_whose_job_was_taken_over_meanwhile_publishes_nothing(dirs, postgres_url):
+    from daemon.service import load_generator
+    from daemon.worker import Worker
+
+    settings = make_settings(dirs, database_url=postgres_url, lease_seconds=600)  # no heartbeat in time
+    queue = make_shared_queue(postgres_url)
+    worker = Worker(settings, queue, load_generator(settings))
+    params = resolve(Sidecar(prompt="a test scene", **TINY_SIDECAR), default_preset="preview", default_fps=8)
+    image = write_image(dirs["inbox"] / "done" / "a.png")
+    job_id = queued(queue, "a", params=params.to_dict(), image=str(image))
+    job = queue.claim(worker.owner, 600)
+    # While it generates, its host is cut off: the lease runs out and another host takes the job.
+    assert queue.requeue(job_id, worker.owner) and queue.claim("gpu-b.example:9", 600).id == job_id
+
+    worker.execute(job)
+    assert list(dirs["outputs"].rglob("*")) == []  # no video, no metadata, no temporary file
+    after = queue.get(job_id)
+    assert after.state == JobState.RUNNING and after.lease_owner == "gpu-b.example:9"
+    assert after.output_path is None
+    assert [a.outcome for a in after.attempts] == ["interrupted"]
+    assert "lease was lost" in after.attempts[0].error_message
