@@ -121,12 +121,13 @@ def worker_lines(workers: list[WorkerRecord], running: list[Job], now: datetime,
     if not workers:
         return []
     jobs = {job.lease_owner: job for job in running}
+    width = max(len("HOST"), *(len(w.host) for w in workers))
     lines = [f"workers (dead = not seen for {lease_seconds:g} s):",
-             f"  {'HOST':<20} {'PID':>7}  {'GPU':<6} {'DEVICE':<8} {'STATE':<6} {'LAST SEEN':<10} JOB"]
+             f"  {'HOST':<{width}} {'PID':>7}  {'GPU':<6} {'DEVICE':<8} {'STATE':<6} {'LAST SEEN':<10} JOB"]
     for w in workers:
         job = jobs.get(w.name)
         state = "alive" if is_alive(w, now, lease_seconds) else "dead"
-        lines.append(f"  {w.host[:20]:<20} {w.pid:>7}  {w.gpu or '-':<6} {w.device[:8]:<8} {state:<6} "
+        lines.append(f"  {w.host:<{width}} {w.pid:>7}  {w.gpu or '-':<6} {w.device:<8} {state:<6} "
                      f"{ago(now - w.last_seen_at):<10} {f'#{job.id}' if job else ''}")
     return lines
 
