@@ -20,7 +20,8 @@ def test_migrations_build_the_models_schema_and_go_down_and_up(database_url):
     engine = make_engine(database_url)
     upgrade(engine)
     current, head = schema_revision(engine)
-    assert current == head == "0002"
+    assert current == head
+    assert {"jobs", "attempts", "workers"} <= set(inspect(engine).get_table_names())
     with engine.connect() as conn:
         # The hand-written migrations produce exactly what the models describe, on this engine.
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
