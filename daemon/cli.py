@@ -153,7 +153,7 @@ def cmd_status(settings: Settings, args) -> int:
     print("  ".join(f"{state.value}: {counts[state]}" for state in JobState))
     running, now = queue.running(), utcnow()
     for job in running:
-        print(f"running #{job.id} {job.output_stem} on {job.lease_owner}: {progress_line(job)}"
+        print(f"running #{job.id} {job.output_stem}: {progress_line(job)}, on {job.lease_owner}"
               f"{lease_note(job, now)}")
     workers = worker_lines(recent_workers(sessions, now), running, now, settings.lease_seconds)
     if workers:
