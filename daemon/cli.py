@@ -142,35 +142,50 @@ def cmd_submit(settings: Settings, args) -> int:
     return 0
 
 
-def _queue(settings: Settings):
+def _sessions(settings: Settings):
     from daemon.db import make_engine, schema_revision, session_factory
-    from daemon.queue import JobQueue
 
     engine = make_engine(settings.database_url)
     current, head = schema_revision(engine)
     if current != head:
         raise I2vdError(f"database schema is at {current or 'nothing'}, not {head}: run `i2vd db upgrade`")
-    return JobQueue(session_factory(engine))
+    return session_factory(engine)
+
+
+def _queue(settings: Settings):
+    from daemon.queue import JobQueue
+
+    return JobQueue(_sessions(settings))
 
 
 def cmd_status(settings: Settings, args) -> int:
-    queue = _queue(settings)
+    from daemon.queue import JobQueue
+
+    sessions = _sessions(settings)
+    queue = JobQueue(sessions)
     if not args.watch:
-        print(_status_text(queue, args.limit))
+        print(_status_text(queue, sessions, args.limit, settings.lease_seconds))
         return 0
     try:
         while True:
-            print("\033[H\033[J" + _status_text(queue, args.limit), flush=True)
+            print("\033[H\033[J" + _status_text(queue, sessions, args.limit, settings.lease_seconds), flush=True)
             time.sleep(1)
     except KeyboardInterrupt:
         return 0
 
 
-def _status_text(queue, limit: int) -> str:
+def _status_text(queue, sessions, limit: int, lease_seconds: float) -> str:
+    from daemon.workers import lease_note, recent_workers, worker_lines
+
     counts = queue.counts()
     lines = ["  ".join(f"{state.value}: {counts[state]}" for state in JobState)]
-    for job in queue.running():
-        lines.append(f"running #{job.id} {job.output_stem}: {progress_line(job)}")
+    running, now = queue.running(), utcnow()
+    for job in running:
+        lines.append(f"running #{job.id} {job.output_stem}: {progress_line(job)}, on {job.lease_owner}"
+                     f"{lease_note(job, now)}")
+    workers = worker_lines(recent_workers(sessions, now), running, now, lease_seconds)
+    if workers:
+        lines += ["", *workers]
     jobs = queue.recent(limit)
     if jobs:
         lines.append(f"\n{'ID':>5}  {'STATE':<10} {'NAME':<28} {'CREATED (UTC)':<20} RESULT")
@@ -242,7 +257,9 @@ def cmd_jobs_show(settings: Settings, args) -> int:
         return 1
     data = {c.name: getattr(job, c.name) for c in Job.__table__.columns}
     data["attempts"] = [
-        {c.name: getattr(a, c.name) for c in a.__table__.columns if c.name != "job_id"} for a in job.attempts
+        {**{c.name: getattr(a, c.name) for c in a.__table__.columns if c.name != "job_id"},
+         **{key: getattr(a.worker_record, key, None) for key in ("host", "pid", "gpu", "device")}}
+        for a in job.attempts
     ]
     if args.json:
         print(json.dumps(data, indent=2, default=str))
@@ -252,7 +269,8 @@ def cmd_jobs_show(settings: Settings, args) -> int:
             continue
         print(f"{key:>18}: {value.value if isinstance(value, JobState) else value}")
     for attempt in data["attempts"]:
-        print(f"\nattempt {attempt['number']} on {attempt['worker']}: {attempt['outcome'] or 'running'}")
+        where = f" (GPU {attempt['gpu']})" if attempt["gpu"] else ""
+        print(f"\nattempt {attempt['number']} on {attempt['worker']}{where}: {attempt['outcome'] or 'running'}")
         for key in ("started_at", "finished_at", "error_type", "error_message"):
             if attempt[key] is not None:
                 print(f"{key:>18}: {attempt[key]}")

@@ -1,24 +1,36 @@
-"""The database edge: engine creation (SQLite tuned for a daemon) and alembic migrations."""
+"""The database edge: engine creation (SQLite tuned for a daemon, or PostgreSQL) and alembic migrations."""
 
 from __future__ import annotations
 
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import URL, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from daemon.errors import ConfigError
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "alembic"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# A daemon needs four connections at once (intake loop, worker, job heartbeat, worker heartbeat).
+# Keeping no more open lets ~20 daemons share PostgreSQL's default max_connections of 100;
+# the overflow (closed again after use) covers a short burst such as a CLI command in-process.
+POSTGRES_POOL_SIZE = 4
+MIGRATION_LOCK_KEY = 0x69327664  # "i2vd": the advisory lock that lets one daemon migrate at a time
 
 
 def make_engine(url: str) -> Engine:
     """An engine for `url`; SQLite files get WAL, a busy timeout and foreign keys."""
     parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        return _postgres_engine(parsed)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     if parsed.database:
@@ -37,6 +49,25 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def _postgres_engine(url: URL) -> Engine:
+    if url.drivername == "postgresql":  # the bare scheme means psycopg2 to SQLAlchemy; i2vd ships psycopg 3
+        url = url.set(drivername="postgresql+psycopg")
+    try:
+        return create_engine(url, pool_pre_ping=True, pool_size=POSTGRES_POOL_SIZE,
+                             max_overflow=POSTGRES_POOL_SIZE)
+    except ImportError as exc:
+        raise ConfigError(f"database_url {url.drivername}:// needs the {exc.name} package: "
+                          "pip install 'i2vd[postgres]'") from None
+
+
+def sqlite_path(url: str | URL) -> Path | None:
+    """The database file of a SQLite URL; None for other engines and in-memory databases."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
@@ -51,8 +82,28 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to `revision` (idempotent)."""
-    command.upgrade(alembic_config(engine), revision)
+    """Bring the schema to `revision` (idempotent, and safe for daemons starting together)."""
+    with _migration_lock(engine):
+        command.upgrade(alembic_config(engine), revision)
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    """One migrating process at a time: daemons started together (i2vd@0, i2vd@1, ...) would
+    otherwise all find the schema old and create the same tables; all but one would crash."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    elif (path := sqlite_path(engine.url)) is not None:
+        with open(path.with_name(path.name + ".migrate-lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+            yield
+    else:
+        yield
 
 
 def downgrade(engine: Engine, revision: str) -> None:

@@ -68,16 +68,26 @@ def write_json_atomic(dest: Path, obj: object) -> None:
 
 
 def move(src: Path, dest: Path) -> bool:
-    """Move `src` to `dest` without overwriting; safe to repeat. False when it was already moved."""
+    """Move `src` to `dest` without overwriting; safe to repeat. False when it was already moved.
+
+    Also safe to run at the same time as another process moving the same file (two daemons
+    finishing one intake): the rename is atomic, and whoever loses it finds the file at `dest`.
+    """
     if not os.path.lexists(src):
-        if os.path.lexists(dest):  # an earlier, interrupted run moved it already
+        if os.path.lexists(dest):  # an earlier, interrupted run (or another daemon) moved it already
             return False
         raise FileNotFoundError(errno.ENOENT, "nothing to move", str(src))
     if os.path.lexists(dest):
+        if not os.path.lexists(src):  # moved by another daemon between the two checks
+            return False
         raise FileExistsError(errno.EEXIST, "refusing to overwrite", str(dest))
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.rename(src, dest)
+    except FileNotFoundError:
+        if os.path.lexists(dest):  # the other mover won the rename
+            return False
+        raise
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise

@@ -20,7 +20,7 @@ from daemon.errors import InputRejected
 from daemon.files import TEMP_PREFIX, move, unique_stem, write_json_atomic
 from daemon.images import check_image, is_image_name
 from daemon.logs import get_logger
-from daemon.models import JobState, utcnow
+from daemon.models import utcnow
 from daemon.queue import JobQueue, NewJob
 from daemon.settings import Settings
 from daemon.sidecar import PRESETS, Sidecar, parse_sidecar, resolve
@@ -247,11 +247,10 @@ class Intake:
             key = idempotency_key(self.settings.inbox_dir, pair.files)
         except FileNotFoundError:
             return
-        existing = self.queue.by_key(key)
-        if existing is not None:
-            if existing.state == JobState.INTAKE:
-                self.complete(existing)
-            return  # already queued by us or another daemon; leave the files to it
+        if self.queue.by_key(key) is not None:
+            # Known already: taken by another daemon, which may be moving the files right now,
+            # or left half done by a crash, which recover() finishes. Leave the files alone.
+            return
         done_dir = self.settings.done_dir / rel_dir
         base = unique_stem(done_dir, pair.stem, [p.suffix for p in pair.files])
         job, created = self.queue.create(NewJob(

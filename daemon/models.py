@@ -1,4 +1,4 @@
-"""Database tables: jobs and their attempts. The schema itself is owned by alembic migrations."""
+"""Database tables: jobs, their attempts, and the workers that ran them. Alembic owns the schema."""
 
 from __future__ import annotations
 
@@ -26,9 +26,10 @@ class UtcDateTime(TypeDecorator):
         return value.astimezone(UTC) if value is not None else None
 
     def process_result_value(self, value, dialect):
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return value
+        if value is None:
+            return None
+        # SQLite hands back naive UTC; PostgreSQL hands back the session's time zone.
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class JobState(enum.StrEnum):
@@ -108,5 +109,23 @@ class Attempt(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     error_traceback: Mapped[str | None] = mapped_column(Text)
     peak_gpu_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    worker_id: Mapped[int | None] = mapped_column(ForeignKey("workers.id", ondelete="SET NULL"))
 
     job: Mapped[Job] = relationship(back_populates="attempts")
+    worker_record: Mapped[WorkerRecord | None] = relationship(lazy="selectin")
+
+
+class WorkerRecord(Base):
+    """One i2vd process: where it runs, on which GPU, and when it was last seen alive."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))  # host:pid, the lease owner of its jobs
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    gpu: Mapped[str | None] = mapped_column(String(64))  # CUDA_VISIBLE_DEVICES
+    device: Mapped[str] = mapped_column(String(32))  # cuda:0, cpu
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # a clean shutdown

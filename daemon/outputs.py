@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -57,12 +58,22 @@ def publish_outputs(tmp_video: Path, paths: OutputPaths, metadata: dict) -> None
     write_json_atomic(paths.metadata, metadata)
 
 
-def sweep_temporaries(outputs_dir: Path, keep_jobs: set[int]) -> list[Path]:
-    """Delete our temporary files whose job is not running any more (left by a crash)."""
+def sweep_temporaries(outputs_dir: Path, running_jobs: Callable[[], set[int]]) -> list[Path]:
+    """Delete our temporary files whose job is not running any more (left by a crash).
+
+    The running jobs are read after the listing: a temporary file exists only while its job runs,
+    so one listed and then not running is garbage, even when other daemons share outputs/.
+    """
     removed = []
-    for tmp in outputs_dir.rglob(f"{TEMP_PREFIX}*"):
+    candidates = list(outputs_dir.rglob(f"{TEMP_PREFIX}*"))
+    keep_jobs = running_jobs()
+    for tmp in candidates:
         job_id = job_of_temp(tmp.name)
-        if job_id in keep_jobs or (job_id is None and time.time() - tmp.stat().st_mtime < 600):
+        try:
+            fresh = time.time() - tmp.stat().st_mtime < 600
+        except FileNotFoundError:
+            continue  # published meanwhile
+        if job_id in keep_jobs or (job_id is None and fresh):
             continue  # a running job's, or another writer's fresh metadata
         tmp.unlink(missing_ok=True)
         removed.append(tmp)

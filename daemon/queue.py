@@ -74,7 +74,13 @@ class JobQueue:
     # -- worker -------------------------------------------------------------------------------
 
     def claim(self, owner: str, lease_seconds: float) -> Job | None:
-        """Atomically take the next queued job (priority, then arrival) and lease it to `owner`."""
+        """Atomically take the next queued job (priority, then arrival) and lease it to `owner`.
+
+        One UPDATE ... RETURNING on both engines. PostgreSQL: the subquery's FOR UPDATE SKIP LOCKED
+        lets concurrent claimers pass over each other's rows instead of queueing behind them.
+        SQLite ignores it; there a write statement takes the database's write lock before it reads
+        (waiting out busy_timeout), so two claims never see the same queued row.
+        """
         with self._sessions() as s:
             now = utcnow()
             next_id = (
@@ -82,7 +88,7 @@ class JobQueue:
                 .where(Job.state == JobState.QUEUED, or_(Job.run_after.is_(None), Job.run_after <= now))
                 .order_by(Job.priority.desc(), Job.id)
                 .limit(1)
-                .with_for_update(skip_locked=True)  # PostgreSQL; SQLite runs the UPDATE atomically anyway
+                .with_for_update(skip_locked=True)
                 .scalar_subquery()
             )
             job = s.scalars(
@@ -104,10 +110,12 @@ class JobQueue:
             s.commit()
             return job
 
-    def start_attempt(self, job_id: int, worker: str, params: dict, rung: str = "full") -> Attempt:
+    def start_attempt(self, job_id: int, worker: str, params: dict, rung: str = "full",
+                      worker_id: int | None = None) -> Attempt:
         with self._sessions() as s:
             number = (s.scalar(select(func.max(Attempt.number)).where(Attempt.job_id == job_id)) or 0) + 1
-            attempt = Attempt(job_id=job_id, number=number, worker=worker, params=params, rung=rung)
+            attempt = Attempt(job_id=job_id, number=number, worker=worker, params=params, rung=rung,
+                              worker_id=worker_id)
             s.add(attempt)
             s.commit()
             return attempt
@@ -144,12 +152,20 @@ class JobQueue:
             s.commit()
             return bool(cancel)
 
-    def set_outputs(self, job_id: int, output_path: str, metadata_path: str) -> None:
-        """Record the final names before they are published, so recovery can find them."""
+    def set_outputs(self, job_id: int, output_path: str, metadata_path: str, owner: str) -> bool:
+        """Record the final names before they are published, so recovery can find them.
+
+        False when `owner` no longer holds the job: another worker took it over after the lease
+        expired, and publishing now would make a second video.
+        """
         with self._sessions() as s:
-            s.execute(update(Job).where(Job.id == job_id).values(
-                output_path=output_path, metadata_path=metadata_path))
+            result = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.RUNNING)
+                .values(output_path=output_path, metadata_path=metadata_path)
+            )
             s.commit()
+            return result.rowcount == 1
 
     def succeed(self, job_id: int) -> bool:
         return self._finish(job_id, JobState.SUCCEEDED)
@@ -157,12 +173,19 @@ class JobQueue:
     def fail(self, job_id: int, code: str, message: str) -> bool:
         return self._finish(job_id, JobState.FAILED, error_code=code, error_message=message)
 
-    def requeue(self, job_id: int, owner: str | None = None, delay_seconds: float = 0) -> bool:
-        """running -> queued (shutdown, lost worker, retry after `delay_seconds`); only `owner`'s if given."""
+    def requeue(self, job_id: int, owner: str | None = None, delay_seconds: float = 0, *,
+                expired_before: datetime | None = None) -> bool:
+        """running -> queued (shutdown, lost worker, retry after `delay_seconds`); only `owner`'s if given.
+
+        With `expired_before`, only while the lease is still expired: a slow owner that renewed it
+        in the meantime keeps its job.
+        """
         with self._sessions() as s:
             q = update(Job).where(Job.id == job_id, Job.state == JobState.RUNNING)
             if owner is not None:
                 q = q.where(Job.lease_owner == owner)
+            if expired_before is not None:
+                q = q.where(Job.lease_expires_at < expired_before)
             run_after = utcnow() + timedelta(seconds=delay_seconds) if delay_seconds else None
             result = s.execute(q.values(
                 state=JobState.QUEUED, lease_owner=None, lease_expires_at=None, phase=None,

@@ -35,42 +35,43 @@ def owner_is_dead(owner: str | None) -> bool:
 
 def recover_jobs(queue: JobQueue, max_crash_attempts: int) -> list[int]:
     """Return abandoned running jobs to the queue, finish them if their video was published, or
-    fail them as poison when they have now crashed their worker `max_crash_attempts` times."""
+    fail them as poison when they have now crashed their worker `max_crash_attempts` times.
+
+    Every daemon on every host runs this; a job running on another live host is never touched
+    (its lease is renewed), and of two daemons recovering the same job only one wins; the winner
+    closes the lost worker's attempt.
+    """
     now = utcnow()
     recovered = []
     for job in queue.running():
         expired = job.lease_expires_at is not None and job.lease_expires_at < now
         if not (expired or owner_is_dead(job.lease_owner)):
             continue
-        crashes = _close_open_attempts(queue, job)
+        # The lost owner's attempt; by now the job may be running again under a new one.
+        lost = [a for a in job.attempts if a.finished_at is None and a.worker == job.lease_owner]
+        crashes = len(lost) + sum(1 for a in job.attempts if a.outcome == "crashed")
         if job.output_path and Path(job.output_path).is_file():
-            _finish_published(queue, job)
+            if not _finish_published(queue, job):
+                continue
         elif crashes >= max_crash_attempts:
             message = (f"poison job: its worker crashed {crashes} times while running it "
                        f"(max_crash_attempts={max_crash_attempts}); not run again")
-            if queue.fail(job.id, "poison_job", message):
-                log.error("job_failed", job_id=job.id, error_code="poison_job", error=message)
-        elif queue.requeue(job.id, job.lease_owner):
+            if not queue.fail(job.id, "poison_job", message):
+                continue
+            log.error("job_failed", job_id=job.id, error_code="poison_job", error=message)
+        elif queue.requeue(job.id, job.lease_owner, expired_before=now if expired else None):
             log.warning("job_requeued", job_id=job.id, previous_owner=job.lease_owner,
                         reason="lease expired" if expired else "worker process died")
+        else:
+            continue  # another daemon recovered it first, or its owner renewed the lease
+        for attempt in lost:
+            queue.finish_attempt(attempt.id, "crashed", error_type="WorkerLost",
+                                 error_message=f"worker {attempt.worker} stopped without finishing")
         recovered.append(job.id)
     return recovered
 
 
-def _close_open_attempts(queue: JobQueue, job: Job) -> int:
-    """Mark the attempts the dead worker left open as crashed; return the job's crash count."""
-    crashes = 0
-    for attempt in job.attempts:
-        if attempt.finished_at is None:
-            queue.finish_attempt(attempt.id, "crashed", error_type="WorkerLost",
-                                 error_message=f"worker {attempt.worker} stopped without finishing")
-            crashes += 1
-        elif attempt.outcome == "crashed":
-            crashes += 1
-    return crashes
-
-
-def _finish_published(queue: JobQueue, job: Job) -> None:
+def _finish_published(queue: JobQueue, job: Job) -> bool:
     """The worker died after its video was renamed into place: do not make another one."""
     metadata = Path(job.metadata_path) if job.metadata_path else None
     if metadata is not None and not metadata.exists():
@@ -78,11 +79,12 @@ def _finish_published(queue: JobQueue, job: Job) -> None:
                                      "params": job.params, "recovered": True,
                                      "note": "the worker stopped after publishing the video; "
                                              "timings and attempts are in `i2vd jobs show`"})
-    if queue.succeed(job.id):
-        log.info("job_succeeded", job_id=job.id, output=job.output_path, recovered=True)
+    if not queue.succeed(job.id):
+        return False
+    log.info("job_succeeded", job_id=job.id, output=job.output_path, recovered=True)
+    return True
 
 
 def sweep_outputs(queue: JobQueue, outputs_dir: Path) -> None:
-    running = {job.id for job in queue.running()}
-    for path in sweep_temporaries(outputs_dir, running):
+    for path in sweep_temporaries(outputs_dir, lambda: {job.id for job in queue.running()}):
         log.info("temp_removed", path=str(path))

@@ -8,8 +8,10 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+from sqlalchemy.orm import Session, sessionmaker
+
 from daemon import __version__, logs, metrics
-from daemon.db import make_engine, session_factory, upgrade
+from daemon.db import make_engine, session_factory, sqlite_path, upgrade
 from daemon.errors import I2vdError
 from daemon.intake import Intake
 from daemon.logs import get_logger
@@ -20,8 +22,9 @@ from daemon.queue import JobQueue
 from daemon.recovery import recover_jobs, sweep_outputs
 from daemon.reload import reload_settings
 from daemon.settings import Settings, describe_error, split_host_port
-from daemon.watcher import choose_mode, start_observer
+from daemon.watcher import choose_mode, filesystem_type, needs_polling, start_observer
 from daemon.worker import Worker
+from daemon.workers import WorkerRegistry, this_process
 from pipeline.generate import VideoGenerator
 from pipeline.loader import Placement, load_pipeline, resolve_placement
 from pipeline.tiny import ensure_tiny_model
@@ -89,6 +92,11 @@ class Daemon:
                  database=_redact(s.database_url))
         self.notifier.status(f"Starting: database migrations, then loading model {s.model}")
 
+        db_file = sqlite_path(s.database_url)
+        if db_file is not None and needs_polling(fs := filesystem_type(db_file.parent)):
+            log.warning("database_on_network_fs", path=str(db_file), filesystem=fs,
+                        detail="SQLite's locking is not safe on network filesystems; keep the database "
+                               "on local disk, and use PostgreSQL to share one inbox between hosts")
         engine = make_engine(s.database_url)
         metrics_server = None
         try:
@@ -104,7 +112,7 @@ class Daemon:
             if self.stop.is_set():
                 self.notifier.stopping("Stopped during start-up")
                 return 0
-            return self._serve(queue, generator)
+            return self._serve(queue, generator, session_factory(engine))
         finally:
             if metrics_server is not None:
                 metrics_server.close()
@@ -124,7 +132,7 @@ class Daemon:
         log.info("metrics_serving", url=f"http://{s.metrics_address.rpartition(':')[0]}:{server.port}/metrics")
         return server
 
-    def _serve(self, queue: JobQueue, generator: VideoGenerator) -> int:
+    def _serve(self, queue: JobQueue, generator: VideoGenerator, sessions: sessionmaker[Session]) -> int:
         s = self.settings
         recover_jobs(queue, s.max_crash_attempts)
         sweep_outputs(queue, s.outputs_dir)
@@ -138,7 +146,9 @@ class Daemon:
         mode = choose_mode(s.observer, s.inbox_dir)
         observer = start_observer(s.inbox_dir, mode, s.poll_interval_seconds, on_event)
         intake.scan()
-        worker = Worker(s, queue, generator)
+        registry = WorkerRegistry(sessions, this_process(), s.lease_seconds)
+        worker = Worker(s, queue, generator, registry.register(str(generator.placement.device)))
+        registry.start()
         worker_thread = threading.Thread(target=self._run_worker, args=(worker,), name="worker", daemon=True)
         worker_thread.start()
         self._status = self._status_line(queue, worker)
@@ -148,7 +158,9 @@ class Daemon:
         ping_every = self.notifier.watchdog_interval
         now = time.monotonic()
         next_rescan = now + s.rescan_seconds
-        next_recovery = now + RECOVERY_INTERVAL
+        # With several daemons, another host's lost job waits for this pass: keep it within a lease.
+        recovery_interval = min(RECOVERY_INTERVAL, s.lease_seconds)
+        next_recovery = now + recovery_interval
         next_status = now + STATUS_INTERVAL
         next_ping = now
         try:
@@ -170,7 +182,7 @@ class Daemon:
                         next_rescan = now + s.rescan_seconds
                         intake.scan()
                     if now >= next_recovery:
-                        next_recovery = now + RECOVERY_INTERVAL
+                        next_recovery = now + recovery_interval
                         recover_jobs(queue, s.max_crash_attempts)
                         intake.recover(older_than=timedelta(seconds=s.lease_seconds))
                 except Exception:  # e.g. the database briefly unreachable: log, keep serving
@@ -191,6 +203,7 @@ class Daemon:
             self.notifier.stopping(self._stopping_line(worker))
             observer.stop()
             self._stop_worker(worker, worker_thread)
+            registry.stop()
             observer.join(timeout=5)
         log.info("daemon_stopped")
         return 1 if self.worker_crashed else 0

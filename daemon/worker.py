@@ -33,13 +33,15 @@ PROGRESS_WRITE_INTERVAL = 0.5  # seconds between progress rows; phases are alway
 class Worker:
     """Runs queued jobs one at a time on a pipeline that stays loaded."""
 
-    def __init__(self, settings: Settings, queue: JobQueue, generator: VideoGenerator) -> None:
+    def __init__(self, settings: Settings, queue: JobQueue, generator: VideoGenerator,
+                 worker_id: int | None = None) -> None:
         self.settings = settings
         self.queue = queue
         self.generator = generator
         self.ladder = OomLadder(settings.oom_ladder)
         self.retry_policy = RetryPolicy(settings.max_retries, settings.retry_backoff_seconds)
         self.owner = worker_identity()
+        self.worker_id = worker_id  # this process's row in the worker registry
         self.interrupt = threading.Event()  # stop the running job at its next step
         self.current_job: int | None = None
         self.current_progress: Progress | None = None
@@ -69,7 +71,8 @@ class Worker:
             image = self._load_image(job)
             tried: list[Rung] = []
             for rung in self.ladder.walk(requested):
-                attempt = self.queue.start_attempt(job.id, self.owner, rung.params.to_dict(), rung.name)
+                attempt = self.queue.start_attempt(job.id, self.owner, rung.params.to_dict(), rung.name,
+                                                   self.worker_id)
                 log.info("job_started", job_id=job.id, attempt=attempt.number, rung=rung.name,
                          width=rung.params.width, height=rung.params.height,
                          num_frames=rung.params.num_frames, steps=rung.params.steps)
@@ -89,7 +92,7 @@ class Worker:
                 free_memory()  # outside the except block, whose traceback would pin the tensors
             else:
                 raise LadderExhausted(_exhausted_message(requested, tried))
-            self._publish(job, attempt, requested, rung, tried, frames, started)
+            self._publish(job, attempt, requested, rung, tried, frames, started, heartbeat.lost)
         except GenerationInterrupted:
             self._interrupted(job, attempt, stop, heartbeat)
             metrics.job_finished("cancelled" if stop.cancelled else "interrupted", time.monotonic() - started)
@@ -102,7 +105,7 @@ class Worker:
             self.current_progress = None
 
     def _publish(self, job: Job, attempt, requested: GenerationParams, rung: Rung, tried: list[Rung],
-                 frames, started: float) -> None:
+                 frames, started: float, lease_lost: threading.Event) -> None:
         generated = time.monotonic()
         self.queue.progress(job.id, "encoding_video")
         params = rung.params
@@ -110,7 +113,10 @@ class Worker:
                              job.output_stem, job.created_at.astimezone())
         tmp = encode_video(job.id, frames, params.fps, paths.video.parent)
         encoded = time.monotonic()
-        self.queue.set_outputs(job.id, str(paths.video), str(paths.metadata))
+        if not self.queue.set_outputs(job.id, str(paths.video), str(paths.metadata), self.owner):
+            tmp.unlink(missing_ok=True)  # another worker took the job over meanwhile and makes its video
+            lease_lost.set()
+            raise GenerationInterrupted("the lease was lost before the video was published")
         self.queue.finish_attempt(attempt.id, "succeeded", peak_gpu_memory_bytes=peak_memory_bytes())
         metadata = self._metadata(job, params, paths.video, frames.shape, {
             "generation_seconds": round(generated - started, 3),
@@ -209,7 +215,8 @@ class Worker:
                 **timings,
             },
             "attempts": [
-                {"number": a.number, "worker": a.worker, "rung": a.rung, "params": a.params,
+                {"number": a.number, "worker": a.worker, "gpu": a.worker_record.gpu if a.worker_record else None,
+                 "rung": a.rung, "params": a.params,
                  "outcome": a.outcome, "error": a.error_message,
                  "started_at": a.started_at.isoformat(),
                  "finished_at": a.finished_at.isoformat() if a.finished_at else None}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -20,6 +21,9 @@ from daemon.queue import JobQueue
 from daemon.settings import Settings
 
 TINY_SIDECAR = {"width": 32, "height": 32, "num_frames": 8, "steps": 10, "fps": 8}
+# The server that .ci/run starts; tests make and drop their own databases on it.
+POSTGRES_ADMIN_URL = os.environ.get("I2VD_TEST_POSTGRES_URL",
+                                    "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +31,42 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from pipeline.tiny import ensure_tiny_model
 
     return ensure_tiny_model(tmp_path_factory.mktemp("model") / "tiny-i2vgen-xl")
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway database on the test PostgreSQL server, dropped (connections and all) afterwards.
+
+    Skips when the server is unreachable, except in CI (CI=true), where that fails the test.
+    """
+    import psycopg
+    from psycopg import sql
+    from sqlalchemy.engine import make_url
+
+    admin = make_url(POSTGRES_ADMIN_URL)
+    try:
+        conn = psycopg.connect(admin.set(drivername="postgresql").render_as_string(hide_password=False),
+                               autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        reason = f"PostgreSQL unreachable at {admin.render_as_string()}: {' '.join(str(exc).split())}"
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    name = sql.Identifier(database := f"i2vd_test_{os.getpid()}_{secrets.token_hex(4)}")
+    with conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
+        try:
+            yield admin.set(database=database).render_as_string(hide_password=False)
+        finally:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """The same test on both engines: a SQLite file, then a throwaway PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'engine-test.sqlite3'}"
+    return request.getfixturevalue("postgres_url")
 
 
 @pytest.fixture

@@ -40,6 +40,6 @@ def test_sweep_removes_crash_leftovers_but_not_running_jobs(tmp_path):
     old = time.time() - 3600
     os.utime(stale_metadata, (old, old))
     fresh_metadata = temp_path(tmp_path, "y.json")  # another writer may be mid-write
-    removed = sweep_temporaries(tmp_path, keep_jobs={7})
+    removed = sweep_temporaries(tmp_path, lambda: {7})
     assert sorted(removed) == sorted([dead, stale_metadata])
     assert running.exists() and fresh_metadata.exists()

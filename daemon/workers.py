@@ -1,0 +1,149 @@
+"""The worker registry: every i2vd process, its host, pid and GPU, and when it was last seen alive.
+
+A daemon registers when its model is loaded, renews `last_seen_at` from a thread of its own every
+lease_seconds/3, and records `stopped_at` on a clean exit. It is for people (`i2vd status`): a worker
+not seen for lease_seconds is reported dead. Whether a job is taken over is decided by its lease
+alone (recovery.py), so a stale row here never moves a job.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from daemon.logs import get_logger
+from daemon.models import Job, WorkerRecord, utcnow
+from daemon.queue import worker_identity
+
+log = get_logger("i2vd.workers")
+
+SHOWN_FOR = timedelta(days=1)  # a dead worker stays in `i2vd status` this long
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str  # host:pid, the lease owner of its jobs
+    host: str
+    pid: int
+    gpu: str | None
+
+
+def this_process() -> Identity:
+    """Who this process is; the GPU is what CUDA_VISIBLE_DEVICES gives it (the systemd template sets it)."""
+    return Identity(worker_identity(), socket.gethostname(), os.getpid(),
+                    os.environ.get("CUDA_VISIBLE_DEVICES") or None)
+
+
+class WorkerRegistry:
+    """This process's row in `workers`, kept fresh by a heartbeat thread."""
+
+    def __init__(self, sessions: sessionmaker[Session], identity: Identity, lease_seconds: float) -> None:
+        self._sessions = sessions
+        self.identity = identity
+        self.lease_seconds = lease_seconds
+        self.worker_id: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="worker-registry", daemon=True)
+
+    def register(self, device: str) -> int:
+        me = self.identity
+        with self._sessions() as s:
+            record = WorkerRecord(name=me.name, host=me.host, pid=me.pid, gpu=me.gpu, device=device)
+            s.add(record)
+            s.commit()
+            self.worker_id = record.id
+            if s.get_bind().dialect.name != "sqlite":  # SQLite shares this host's clock
+                self._check_clock(s)
+        log.info("worker_registered", worker_id=self.worker_id, worker=me.name, gpu=me.gpu, device=device)
+        return self.worker_id
+
+    def _check_clock(self, s: Session) -> None:
+        """Other hosts judge this worker's leases by their own clocks: warn when ours is off."""
+        before = utcnow()
+        db_now = s.scalar(select(func.now()))
+        after = utcnow()
+        skew = (before + (after - before) / 2 - db_now).total_seconds()
+        if abs(skew) > self.lease_seconds / 10:
+            log.warning("clock_skew", seconds=round(skew, 3),
+                        detail="this host's clock differs from the database server's; keep hosts in "
+                               "sync (NTP), or other hosts may take over live jobs or wait too long")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop beating and record the clean exit."""
+        self._stop.set()
+        self._thread.join()
+        self._update(last_seen_at=utcnow(), stopped_at=utcnow())
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease_seconds / 3):
+            self._update(last_seen_at=utcnow())
+
+    def _update(self, **values: object) -> None:
+        try:
+            with self._sessions() as s:
+                s.execute(update(WorkerRecord).where(WorkerRecord.id == self.worker_id).values(**values))
+                s.commit()
+        except SQLAlchemyError as exc:  # the database is away; the next beat tries again
+            log.warning("worker_heartbeat_failed", worker_id=self.worker_id, error=str(exc).splitlines()[0])
+
+
+# -- reading (i2vd status) ----------------------------------------------------------------------
+
+
+def recent_workers(sessions: sessionmaker[Session], now: datetime | None = None) -> list[WorkerRecord]:
+    """Workers that have not stopped cleanly and were seen within SHOWN_FOR, by host and pid."""
+    since = (now or utcnow()) - SHOWN_FOR
+    with sessions() as s:
+        return list(s.scalars(
+            select(WorkerRecord)
+            .where(WorkerRecord.stopped_at.is_(None), WorkerRecord.last_seen_at >= since)
+            .order_by(WorkerRecord.host, WorkerRecord.pid, WorkerRecord.id)
+        ))
+
+
+def is_alive(worker: WorkerRecord, now: datetime, lease_seconds: float) -> bool:
+    return now - worker.last_seen_at <= timedelta(seconds=lease_seconds)
+
+
+def worker_lines(workers: list[WorkerRecord], running: list[Job], now: datetime,
+                 lease_seconds: float) -> list[str]:
+    """The workers table of `i2vd status`."""
+    if not workers:
+        return []
+    jobs = {job.lease_owner: job for job in running}
+    width = max(len("HOST"), *(len(w.host) for w in workers))
+    lines = [f"workers (dead = not seen for {lease_seconds:g} s):",
+             f"  {'HOST':<{width}} {'PID':>7}  {'GPU':<6} {'DEVICE':<8} {'STATE':<6} {'LAST SEEN':<10} JOB"]
+    for w in workers:
+        job = jobs.get(w.name)
+        state = "alive" if is_alive(w, now, lease_seconds) else "dead"
+        lines.append(f"  {w.host:<{width}} {w.pid:>7}  {w.gpu or '-':<6} {w.device:<8} {state:<6} "
+                     f"{ago(now - w.last_seen_at):<10} {f'#{job.id}' if job else ''}")
+    return lines
+
+
+def lease_note(job: Job, now: datetime) -> str:
+    """Why a running job may be stuck: its lease expired and no worker has taken it over yet."""
+    if job.lease_expires_at is None or job.lease_expires_at >= now:
+        return ""
+    return (f" (lease expired {ago(now - job.lease_expires_at)}; "
+            "the next recovery pass of any daemon requeues it)")
+
+
+def ago(delta: timedelta) -> str:
+    seconds = max(int(delta.total_seconds()), 0)
+    if seconds < 120:
+        return f"{seconds}s ago"
+    if seconds < 7200:
+        return f"{seconds // 60}m ago"
+    return f"{seconds // 3600}h ago"
