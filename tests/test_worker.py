@@ -158,7 +158,8 @@ def test_sigterm_returns_within_grace_and_requeues(dirs, run_daemon):
     daemon, queue, job_id = start_running(run_daemon, dirs, env, "slowpoke", **LONG)
     started = time.monotonic()
     assert daemon.stop(signal.SIGTERM) == 0
-    assert time.monotonic() - started < 1 + 5  # grace, plus at most a step and the shutdown
+    # grace (1 s), plus the step in progress and the shutdown; far less than the ~150 steps left
+    assert time.monotonic() - started < 1 + 10
     assert "Traceback" not in daemon.output
     job = queue.get(job_id)
     assert job.state == JobState.QUEUED
