@@ -19,7 +19,7 @@ from daemon.errors import InputRejected
 from daemon.files import TEMP_PREFIX, move, unique_stem, write_json_atomic
 from daemon.images import check_image, is_image_name
 from daemon.logs import get_logger
-from daemon.models import JobState, utcnow
+from daemon.models import utcnow
 from daemon.queue import JobQueue, NewJob
 from daemon.settings import Settings
 from daemon.sidecar import PRESETS, Sidecar, parse_sidecar, resolve
@@ -236,13 +236,9 @@ class Intake:
             key = idempotency_key(self.settings.inbox_dir, pair.files)
         except FileNotFoundError:
             return
-        existing = self.queue.by_key(key)
-        if existing is not None:
-            if existing.state == JobState.INTAKE:
-                self.complete(existing)
-            return  # already queued by us or another daemon; leave the files to it
         done_dir = self.settings.done_dir / rel_dir
         base = unique_stem(done_dir, pair.stem, [p.suffix for p in pair.files])
+        # No lookup first: the insert itself tells a known key (one database round trip less per pair).
         job, created = self.queue.create(NewJob(
             idempotency_key=key,
             params=params.to_dict(),
@@ -255,7 +251,9 @@ class Intake:
             sidecar_path=str(done_dir / f"{base}{pair.sidecar.suffix}") if pair.sidecar else None,
         ))
         if not created:
-            return  # another daemon won the insert
+            # Known key: queued already, or another daemon is moving the files right now. Leave them
+            # to it; an intake a crash left half done is finished by recover(), not here.
+            return
         self.complete(job)
 
     def _symlink_allowed(self, path: Path) -> bool:
