@@ -66,6 +66,7 @@ SCHEDULER = dict(
 )
 
 TARGET_SECONDS = 4.5  # standard preset on one H100
+H100_BF16_PEAK = 989e12  # FLOP/s, H100 SXM dense bf16 tensor cores (datasheet), for --flops without a GPU
 ANCHOR = "the seed's anchor: 51 s and 13.8 GB on an RTX 4090; arithmetic floor on an H100 about 2.7 s"
 
 
@@ -130,32 +131,68 @@ VARIANTS = (
 # -- the model --------------------------------------------------------------------------------
 
 
-def build_full(device: torch.device, dtype: torch.dtype):
-    """The full-size I2VGen-XL with random weights, made directly on `device`."""
-    from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLPipeline
+def full_models(device: torch.device) -> dict[str, torch.nn.Module]:
+    """The four full-size networks with random weights, made directly on `device` (may be "meta")."""
+    from diffusers import AutoencoderKL
     from diffusers.models.unets import I2VGenXLUNet
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPTextConfig,
-        CLIPTextModel,
-        CLIPVisionConfig,
-        CLIPVisionModelWithProjection,
-    )
-
-    from pipeline.tiny import build_tokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(0)
     with torch.device(device):
-        parts = dict(
-            unet=I2VGenXLUNet(**UNET), vae=AutoencoderKL(**VAE),
-            text_encoder=CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER)),
-            image_encoder=CLIPVisionModelWithProjection(CLIPVisionConfig(**IMAGE_ENCODER)),
-        )
+        return dict(unet=I2VGenXLUNet(**UNET), vae=AutoencoderKL(**VAE),
+                    text_encoder=CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER)),
+                    image_encoder=CLIPVisionModelWithProjection(CLIPVisionConfig(**IMAGE_ENCODER)))
+
+
+def build_full(device: torch.device, dtype: torch.dtype):
+    """The full-size I2VGen-XL pipeline with random weights."""
+    from diffusers import DDIMScheduler, I2VGenXLPipeline
+    from transformers import CLIPImageProcessor
+
+    from pipeline.tiny import build_tokenizer
+
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = build_tokenizer(Path(tmp))
-    pipe = I2VGenXLPipeline(**parts, tokenizer=tokenizer, feature_extractor=CLIPImageProcessor(),
+    pipe = I2VGenXLPipeline(**full_models(device), tokenizer=tokenizer, feature_extractor=CLIPImageProcessor(),
                             scheduler=DDIMScheduler(**SCHEDULER))
     return pipe.to(device=device, dtype=dtype)
+
+
+def flops_by_part(models: dict[str, torch.nn.Module], shape: Shape) -> dict[str, int]:
+    """Each network's FLOPs in one job of `shape`, from empty inputs of the shapes the pipeline feeds.
+
+    On the "meta" device nothing is computed (attention counts as its matmuls), so the full-size
+    model is counted on any machine; the GPU run counts the real pipeline and should agree.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    unet, vae, text, image = (models[k] for k in ("unet", "vae", "text_encoder", "image_encoder"))
+    device = next(unet.parameters()).device
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    latents = (shape.num_frames, shape.height // scale, shape.width // scale)
+    empty = lambda *size: torch.zeros(*size, device=device)  # noqa: E731
+
+    def count(call) -> int:
+        # The counter knows no CPU attention kernel: on the CPU, attention runs as plain matmuls.
+        kernels = sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else contextlib.nullcontext()
+        with FlopCounterMode(display=False) as counter, kernels, torch.inference_mode():
+            call()
+        return counter.get_total_flops()
+
+    tokens = text.config.max_position_embeddings
+    return {
+        "unet step (guidance batch of 2)": count(lambda: unet(
+            empty(2, 4, *latents), torch.tensor(999, device=device),
+            encoder_hidden_states=empty(2, tokens, unet.config.cross_attention_dim), fps=empty(2),
+            image_latents=empty(2, 4, *latents), image_embeddings=empty(2, 1, image.config.projection_dim),
+            return_dict=False)),
+        "vae decode (all frames)": count(lambda: vae.decode(empty(shape.num_frames, 4, *latents[1:]))),
+        "vae encode (the image)": count(lambda: vae.encode(empty(1, 3, shape.height, shape.width))),
+        "text encoder (prompt, negative)": count(lambda: text(torch.zeros(2, tokens, dtype=torch.long,
+                                                                              device=device))),
+        "image encoder": count(lambda: image(empty(1, 3, image.config.image_size, image.config.image_size))),
+    }
 
 
 def build_toy(device: torch.device, dtype: torch.dtype):
@@ -422,15 +459,47 @@ def print_table(results: list[Result], rate: float, baseline: Result | None = No
             print(f"{'':<26}host syncs: {r.syncs[0]} in a 2-step job, {r.syncs[1]:g} per step")
 
 
+def print_flops(toy: bool) -> int:
+    """--flops: the arithmetic per job and its floor at the H100's bf16 peak."""
+    header("GPU bench: FLOPs per job from the model configs (meta device, nothing computed)", "bench.gpu")
+    if toy:
+        from pipeline.tiny import build_tiny_pipeline
+
+        pipe = build_tiny_pipeline()
+        models = {k: getattr(pipe, k) for k in ("unet", "vae", "text_encoder", "image_encoder")}
+    else:
+        models = full_models(torch.device("meta"))
+    print("params   " + ", ".join(f"{name} {sum(p.numel() for p in m.parameters()) / 1e9:.3f} B"
+                                  for name, m in models.items()))
+    totals = {}
+    for shape in [TOY] if toy else [STANDARD, NATIVE]:
+        parts = flops_by_part(models, shape)
+        step = parts["unet step (guidance batch of 2)"]
+        totals[shape.name] = step * shape.steps + sum(parts.values()) - step
+        print(f"{shape.name} ({shape.width}x{shape.height}, {shape.num_frames} frames, {shape.steps} steps): "
+              f"{totals[shape.name] / 1e12:.1f} TFLOP per job, floor {totals[shape.name] / H100_BF16_PEAK:.2f} s "
+              f"at {H100_BF16_PEAK / 1e12:.0f} TFLOP/s")
+        for name, flops in parts.items():
+            print(f"         {name:<34}{flops / 1e12:>10.3f} TFLOP")
+    first = next(iter(totals))
+    footer(f"{first}: {totals[first] / 1e12:.1f} TFLOP per job, arithmetic floor "
+           f"{totals[first] / H100_BF16_PEAK:.2f} s at the H100's dense bf16 peak")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--toy", action="store_true", help="the tiny model at toy size (default without CUDA)")
     parser.add_argument("--variants", action="store_true", help="one change at a time, standard preset")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="variants to run (names as printed)")
     parser.add_argument("--repeats", type=int, default=2, help="timed jobs per run; the fastest counts")
+    parser.add_argument("--flops", action="store_true",
+                        help="only count FLOPs per job from the configs, on the meta device (no GPU needed)")
     args = parser.parse_args(argv)
     quiet_libraries()
     warnings.filterwarnings("ignore", message=".*torchvision.*")
+    if args.flops:
+        return print_flops(args.toy)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     toy = args.toy or not cuda

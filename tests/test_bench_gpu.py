@@ -34,3 +34,10 @@ def test_every_change_the_variants_make_runs_on_the_tiny_model():
     assert result.timing.seconds > 0 and result.timing.step_seconds > 0
     outside, per_step = bench.flops["toy"]
     assert outside > 0 and per_step > 0 and result.flops == outside + per_step * TOY.steps
+
+
+def test_flops_per_job_are_counted_from_the_models(capsys):
+    assert main(["--flops", "--toy"]) == 0
+    out = capsys.readouterr().out
+    assert "unet step (guidance batch of 2)" in out and "vae decode (all frames)" in out
+    assert out.splitlines()[-1].startswith("toy: ")
