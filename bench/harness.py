@@ -144,6 +144,18 @@ def sample(pid: int) -> ProcSample:
     return ProcSample((utime + stime) / CLOCK_TICKS, kib("VmRSS"), kib("VmHWM"))
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each thread of `pid` (the main thread's id is the pid)."""
+    seconds = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue  # the thread ended
+        seconds[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return seconds
+
+
 def write_image(path: Path, rng: np.random.Generator, size: int = 128) -> None:
     """A small picture that is not trivial to compress: a colour gradient with noise (PNG or JPEG)."""
     ramp = np.linspace(0, 1, size, dtype=np.float32)

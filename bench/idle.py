@@ -17,24 +17,11 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
-from bench.harness import CLOCK_TICKS, Daemon, Scratch, footer, header, sample
+from bench.harness import Daemon, Scratch, footer, header, sample, thread_cpu
 from bench.intake_rate import cached_images
 
 TARGET_PERCENT = 1.0
-
-
-def thread_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds of each thread of `pid`."""
-    seconds = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue  # the thread ended
-        seconds[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    return seconds
 
 
 def main(argv: list[str] | None = None) -> int:

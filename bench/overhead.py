@@ -8,11 +8,16 @@
     inbox, image before sidecar. Timed from the last sidecar's rename (its last byte is in the
     inbox) to the last MP4 renamed into place (the MP4's ctime); the settle window counts.
 
-Both processes load the model before their clock starts and neither warms it up. Each job seeds torch
-(the job's generator and the global one, as the daemon does). The prompt
-embeddings come from `pipeline.generate.encode_prompt` in both (the pipeline's own path is broken
-by transformers >= 5.6, see README) and the MP4s from `pipeline.video.encode_mp4`; the MP4s of (a)
+Both processes load the model before their clock starts and neither warms it up. Each job seeds
+torch (the job's generator and the global one, as the daemon does). The prompt embeddings come
+from `pipeline.generate.encode_prompt` in both (the pipeline's own path is broken by
+transformers >= 5.6, see README) and the MP4s from `pipeline.video.encode_mp4`; the MP4s of (a)
 and (b) are compared byte for byte, so both did the same work. Rounds alternate which runs first.
+
+(a) runs its jobs in a second thread, as the daemon's worker does: on this machine torch's CPU
+kernels run 15 % (idle machine) to several times (busy machine) slower from a process's main
+thread than from another thread, an effect of where they run, not of the daemon
+(`--bare-in-main-thread` shows it).
 
     .venv/bin/python -m bench.overhead            # prints (b)/(a) last; target <= 1.05
 """
@@ -26,6 +31,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -43,7 +49,7 @@ def job_specs(args) -> list[dict]:
         "fps": 8, "guidance_scale": 9.0, "seed": 1000 + i}} for i in range(args.jobs)]
 
 
-def run_bare(spec_file: Path) -> None:
+def run_bare(spec_file: Path, main_thread: bool) -> None:
     """(a), in its own process: prints one JSON line with the timings."""
     spec = json.loads(spec_file.read_text())
     import PIL.Image
@@ -59,8 +65,9 @@ def run_bare(spec_file: Path) -> None:
     pipe.set_progress_bar_config(disable=True)
     out = Path(spec["out"])
     per_job = []
-    started = time.perf_counter()
-    with torch.inference_mode():
+
+    @torch.inference_mode()
+    def jobs() -> None:
         for job in spec["jobs"]:
             job_started = time.perf_counter()
             p = job["params"]
@@ -79,16 +86,25 @@ def run_bare(spec_file: Path) -> None:
             frames = (np.asarray(result.frames[0]) * 255).round().clip(0, 255).astype(np.uint8)
             encode_mp4(frames, out / f"{job['name']}.mp4", p["fps"])
             per_job.append(time.perf_counter() - job_started)
+
+    started = time.perf_counter()
+    if main_thread:
+        jobs()
+    else:  # where the daemon's worker runs them; see the module docstring
+        thread = threading.Thread(target=jobs)
+        thread.start()
+        thread.join()
     print(json.dumps({"seconds": time.perf_counter() - started, "per_job": per_job}))
 
 
-def bare(scratch: Scratch, jobs: list[dict], images: Path) -> dict:
+def bare(scratch: Scratch, jobs: list[dict], images: Path, main_thread: bool) -> dict:
     out = scratch.root / "bare"
     out.mkdir()
     spec = scratch.root / "bare.json"
     spec.write_text(json.dumps({"model": str(tiny_model()), "out": str(out), "jobs": [
         {**job, "image": str(images / f"{job['name']}.png")} for job in jobs]}))
-    proc = subprocess.run([sys.executable, "-m", "bench.overhead", "--bare-run", str(spec)], cwd=REPO,
+    where = ["--bare-in-main-thread"] if main_thread else []
+    proc = subprocess.run([sys.executable, "-m", "bench.overhead", "--bare-run", str(spec), *where], cwd=REPO,
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"the bare run failed:\n{proc.stderr[-3000:]}")
@@ -143,9 +159,9 @@ def one_round(args, daemon_first: bool) -> tuple[dict, dict]:
             os.link(scratch.staging / f"{job['name']}.png", images / f"{job['name']}.png")
         if daemon_first:
             b = through_daemon(scratch, jobs, args.settle)
-            a = bare(scratch, jobs, images)
+            a = bare(scratch, jobs, images, args.bare_in_main_thread)
         else:
-            a = bare(scratch, jobs, images)
+            a = bare(scratch, jobs, images, args.bare_in_main_thread)
             b = through_daemon(scratch, jobs, args.settle)
     return a, b
 
@@ -154,17 +170,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=10)
     parser.add_argument("--size", type=int, default=32, help="width = height of the videos")
-    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--settle", type=float, default=0.3, help="the daemon's settle_seconds")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--bare-in-main-thread", action="store_true",
+                        help="run (a)'s jobs in the main thread, as a plain script would (see above)")
     parser.add_argument("--bare-run", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.bare_run:
-        run_bare(args.bare_run)
+        run_bare(args.bare_run, args.bare_in_main_thread)
         return 0
 
-    header("Daemon overhead: 10 jobs through `i2vd run` vs bare pipe() calls", "bench.overhead")
+    header(f"Daemon overhead: {args.jobs} jobs through `i2vd run` vs bare pipe() calls", "bench.overhead")
     print(f"jobs     {args.jobs} x {args.size}x{args.size}, {args.frames} frames, {args.steps} steps, "
           f"guidance 9.0, tiny model, CPU; dropped at once; settle_seconds {args.settle}")
     ratios = []
