@@ -247,12 +247,9 @@ class Intake:
             key = idempotency_key(self.settings.inbox_dir, pair.files)
         except FileNotFoundError:
             return
-        if self.queue.by_key(key) is not None:
-            # Known already: taken by another daemon, which may be moving the files right now,
-            # or left half done by a crash, which recover() finishes. Leave the files alone.
-            return
         done_dir = self.settings.done_dir / rel_dir
         base = unique_stem(done_dir, pair.stem, [p.suffix for p in pair.files])
+        # No lookup first: the insert itself tells a known key (one database round trip less per pair).
         job, created = self.queue.create(NewJob(
             idempotency_key=key,
             params=params.to_dict(),
@@ -265,7 +262,9 @@ class Intake:
             sidecar_path=str(done_dir / f"{base}{pair.sidecar.suffix}") if pair.sidecar else None,
         ))
         if not created:
-            return  # another daemon won the insert
+            # Known key: queued already, or another daemon is moving the files right now. Leave them
+            # to it; an intake a crash left half done is finished by recover(), not here.
+            return
         self.complete(job)
 
     def _symlink_allowed(self, path: Path) -> bool:

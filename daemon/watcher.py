@@ -6,7 +6,16 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserverVFS
@@ -34,6 +43,14 @@ def filesystem_type(path: Path, mounts_file: Path = Path("/proc/mounts")) -> str
     return best_type
 
 
+# Intake stats every file it tracks on each tick, so it needs events only to learn of files and
+# folders it does not know yet. Asking for no more keeps inotify from reporting intake's own reads
+# (open, close) and deletes, and watchdog from adding a parent-folder "modified" event to each
+# event (on which intake rescanned the whole subfolder). Measured with bench/intake_rate.py: a
+# half the CPU in the watcher threads, 158 -> 224 pairs/s.
+EVENTS = [FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent]
+
+
 def needs_polling(fs_type: str) -> bool:
     return fs_type in POLLING_FILESYSTEMS or fs_type.startswith("fuse")
 
@@ -49,8 +66,6 @@ class _Forward(FileSystemEventHandler):
         self.notify = notify
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in ("opened", "closed_no_write"):
-            return
         # A rename into place (rsync, `mv x.tmp x.png`) matters by its new name.
         self.notify(getattr(event, "dest_path", "") or event.src_path)
 
@@ -68,7 +83,7 @@ def start_observer(inbox: Path, mode: str, poll_interval: float, notify: Callabl
         observer: BaseObserver = PollingObserverVFS(os.lstat, listdir, polling_interval=poll_interval)
     else:
         observer = Observer()
-    observer.schedule(_Forward(notify), str(inbox), recursive=True)
+    observer.schedule(_Forward(notify), str(inbox), recursive=True, event_filter=EVENTS)
     observer.daemon = True
     observer.start()
     return observer

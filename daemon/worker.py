@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import signal
@@ -222,7 +223,7 @@ class Worker:
                  "finished_at": a.finished_at.isoformat() if a.finished_at else None}
                 for a in self.queue.get(job.id).attempts
             ],
-            "versions": package_versions(),
+            "versions": dict(package_versions()),
         }
 
 
@@ -255,7 +256,9 @@ class _StopFlags:
         return self.cancelled or self.shutdown.is_set() or self.lease_lost.is_set()
 
 
+@functools.cache
 def package_versions() -> dict[str, str]:
+    """Read once: the metadata files on disk may change under a running daemon, its loaded code cannot."""
     versions = {"i2vd": __version__, "python": platform.python_version()}
     for name in ("torch", "diffusers", "transformers"):
         versions[name] = version(name)

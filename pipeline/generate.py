@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,7 +75,8 @@ class VideoGenerator:
 
         # 2. Denoise, counting scheduler steps (the pipeline has no step callback)
         generator = torch.Generator(device="cpu").manual_seed(params.seed)
-        with _counting_steps(self.pipe.scheduler, params.steps, report):
+        with _global_rng_seeded(params.seed, device), \
+                _counting_steps(self.pipe.scheduler, params.steps, report):
             result = self.pipe(
                 image=image,
                 prompt_embeds=prompt_embeds,
@@ -111,6 +113,19 @@ class VideoGenerator:
             self.pipe.remove_all_hooks()
             self.pipe.to(self.placement.device)
         self._offloaded = wanted
+
+
+@contextlib.contextmanager
+def _global_rng_seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's global generators too, in a fork that leaves the process's own state alone.
+
+    The pipeline samples the image latents from the VAE without passing `generator`, so that draw
+    comes from the global generator: without this, the same seed gave a different video depending
+    on what the process had run before.
+    """
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 class _counting_steps:

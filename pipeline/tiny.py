@@ -28,7 +28,11 @@ def _byte_alphabet() -> list[str]:
     return [chr(c) for c in chars]
 
 
-def _build_tokenizer(workdir: Path):
+def build_tokenizer(workdir: Path):
+    """A CLIP tokenizer over a small byte-level vocabulary written into `workdir`: nothing is downloaded.
+
+    Its ids fit any CLIP text model's vocabulary, so the full-size benchmark model uses it too.
+    """
     from transformers import CLIPTokenizer
 
     alphabet = _byte_alphabet()
@@ -85,7 +89,7 @@ def build_tiny_pipeline(seed: int = 0):
         set_alpha_to_one=False,
     )
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = _build_tokenizer(Path(tmp))
+        tokenizer = build_tokenizer(Path(tmp))
     return I2VGenXLPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, image_encoder=image_encoder,
         feature_extractor=CLIPImageProcessor(crop_size=32, size=32), unet=unet, scheduler=scheduler,

@@ -269,3 +269,23 @@ def test_filesystem_type_decides_polling(tmp_path):
     assert filesystem_type("/mnt/fuse/a", mounts) == "fuse.sshfs"
     assert choose_mode("polling", tmp_path) == "polling"
     assert choose_mode("auto", tmp_path) in ("inotify", "polling")
+
+
+def test_watcher_reports_new_files_not_intakes_own_reads_and_moves_out(tmp_path):
+    from daemon.watcher import start_observer
+
+    seen: list[str] = []
+    (tmp_path / "subfolder").mkdir()
+    old = write_image(tmp_path / "subfolder" / "old.png")
+    observer = start_observer(tmp_path, "inotify", 0.1, seen.append)
+    try:
+        old.read_bytes()  # intake validating a file
+        os.rename(old, tmp_path.parent / "moved-out.png")  # intake moving a pair away
+        new = write_sidecar(tmp_path / "subfolder" / "new.json")
+        deadline = time.monotonic() + 10
+        while str(new) not in seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        observer.stop()
+        observer.join(timeout=5)
+    assert set(seen) == {str(new)}  # no event for the read, the move out, or the folder itself

@@ -62,8 +62,9 @@ def test_generate_reports_steps_and_is_seeded(generator):
     steps = [p.step for p in seen if p.phase == "denoising"]
     assert steps == list(range(0, 11))
     assert [p.phase for p in seen][0] == "encoding_prompt" and seen[-1].phase == "decoding"
+    torch.rand(3)  # whatever else the process draws from the global generator in between
     again = generator.generate(image, PARAMS)
-    assert np.abs(frames.astype(int) - again).max() <= 2  # same seed; CPU kernels may round differently
+    assert np.array_equal(frames, again)  # same seed, same video
     other_seed = generator.generate(image, GenerationParams(**{**PARAMS.to_dict(), "seed": 2}))
     assert np.abs(frames.astype(int) - other_seed).mean() > 10
 

@@ -1,0 +1,554 @@
+"""GPU: the full-size I2VGen-XL with random weights, through the daemon's own generation code.
+
+The model is built from ali-vilab/i2vgen-xl's configs, written out below (nothing is downloaded, and
+the speed of these kernels does not depend on the weights): the I2VGenXLUNet (1.42 B parameters),
+the SD 2.1 VAE, the OpenCLIP ViT-H/14 text and vision towers. Each job goes through
+`pipeline.generate.VideoGenerator.generate`, exactly as the worker runs it. Reported per run:
+seconds per job; seconds per denoising step (CUDA events at the first and last scheduler step, no
+extra syncs); what lies outside the loop (encoders, VAE encode and decode, frames to uint8); peak
+VRAM; the model's FLOPs per job (torch.utils.flop_counter, counted once per shape: FLOPs do not
+depend on dtype or kernels); and model FLOPs utilisation against a bf16 matmul timed in the same
+run. `--variants` makes one change at a time to the daemon's current GPU set-up and prints each
+change's prediction beside its result.
+
+    .venv/bin/python -m bench.gpu                   # CUDA: standard preset and 1280x704, fp16 and bf16
+    .venv/bin/python -m bench.gpu --variants        # CUDA: one change at a time, standard preset
+    .venv/bin/python -m bench.gpu --toy --variants  # anywhere: the tiny model, a smoke test (CPU default)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+
+from bench.harness import footer, header
+from pipeline.generate import VideoGenerator
+from pipeline.loader import Placement, quiet_libraries
+from pipeline.params import GenerationParams
+
+# ali-vilab/i2vgen-xl, the diffusers-format configs of its components (defaults left out).
+UNET = dict(
+    in_channels=4, out_channels=4, sample_size=32, layers_per_block=2, norm_num_groups=32,
+    block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=1024, attention_head_dim=64,
+    num_attention_heads=64,
+    down_block_types=("CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"),
+    up_block_types=("UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"),
+)
+VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32, act_fn="silu",
+    block_out_channels=(128, 256, 512, 512), sample_size=768, scaling_factor=0.18125, force_upcast=True,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+)
+TEXT_ENCODER = dict(  # OpenCLIP ViT-H/14 text tower
+    hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, hidden_act="gelu",
+    projection_dim=1024, max_position_embeddings=77, vocab_size=49408, layer_norm_eps=1e-5,
+    bos_token_id=0, eos_token_id=2, pad_token_id=1,
+)
+IMAGE_ENCODER = dict(  # OpenCLIP ViT-H/14 vision tower
+    hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16, hidden_act="gelu",
+    projection_dim=1024, image_size=224, patch_size=14, num_channels=3, layer_norm_eps=1e-5,
+)
+SCHEDULER = dict(
+    beta_start=0.0001, beta_end=0.02, beta_schedule="squaredcos_cap_v2", clip_sample=False,
+    num_train_timesteps=1000, prediction_type="v_prediction", rescale_betas_zero_snr=True,
+    set_alpha_to_one=True, steps_offset=1, timestep_spacing="leading",
+)
+
+TARGET_SECONDS = 4.5  # standard preset on one H100
+H100_BF16_PEAK = 989e12  # FLOP/s, H100 SXM dense bf16 tensor cores (datasheet), for --flops without a GPU
+ANCHOR = "the seed's anchor: 51 s and 13.8 GB on an RTX 4090; arithmetic floor on an H100 about 2.7 s"
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    width: int
+    height: int
+    num_frames: int
+    steps: int
+
+
+STANDARD = Shape("standard", 512, 512, 16, 50)
+NATIVE = Shape("1280x704", 1280, 704, 16, 50)
+TOY = Shape("toy", 16, 16, 4, 2)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """How the pipeline runs; the defaults are what the daemon does on a GPU today."""
+
+    dtype: torch.dtype = torch.float16
+    attention: str = "sdpa"  # diffusers' SDPA processor, PyTorch picks the kernel; or classic, sdpa-<backend>
+    split_guidance: bool = False  # two batch-1 UNet calls per step instead of one batch-2 call
+    channels_last: bool = False
+    cudnn_benchmark: bool = False  # let cuDNN time its convolution algorithms for each shape
+    fused_qkv: bool = False  # one projection matmul for query, key and value in the UNet's attention
+    compile: str | None = None  # torch.compile mode for the UNet
+    decode_chunk: int = 8
+    cpu_timesteps: bool = False  # scheduler timesteps kept on the CPU: no host sync in each step
+    cuda_only: bool = False
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    setup: Setup
+    prediction: str  # written before the first measurement; see bench/RESULTS.md
+
+
+BASELINE = Variant("baseline", Setup(), "the daemon today")
+VARIANTS = (
+    Variant("fp32", Setup(dtype=torch.float32), "4-8x slower: no tensor cores for fp32 matmuls"),
+    Variant("bf16", Setup(dtype=torch.bfloat16), "within 3 % of fp16: same tensor-core rate"),
+    Variant("attention-classic", Setup(attention="classic"), "+30-60 %: scores materialised"),
+    Variant("sdpa-flash", Setup(attention="sdpa-flash", cuda_only=True), "within 3 %: already picked"),
+    Variant("sdpa-efficient", Setup(attention="sdpa-efficient", cuda_only=True), "+5-15 %"),
+    Variant("sdpa-cudnn", Setup(attention="sdpa-cudnn", cuda_only=True), "0 to -10 % on Hopper"),
+    Variant("guidance-split", Setup(split_guidance=True), "+5-15 %: half-size GEMMs, twice the launches"),
+    Variant("channels-last", Setup(channels_last=True), "0 to -10 %: NHWC convs, but transposes"),
+    Variant("cudnn-benchmark", Setup(cudnn_benchmark=True, cuda_only=True), "0 to -5 %: convs are ~half"),
+    Variant("fused-qkv", Setup(fused_qkv=True), "-1 to -3 %: fewer, larger GEMMs"),
+    Variant("cpu-timesteps", Setup(cpu_timesteps=True), "-1 to -5 %: 2 host syncs less per step"),
+    Variant("decode-chunk-1", Setup(decode_chunk=1), "+2-5 % per job: 16 small VAE decodes"),
+    Variant("decode-chunk-16", Setup(decode_chunk=16), "-1 % per job, more peak VRAM"),
+    Variant("compile", Setup(compile="default", cuda_only=True), "-10 to -25 % per step; minutes of warm-up"),
+    Variant("compile-cudagraphs", Setup(compile="reduce-overhead", cuda_only=True),
+            "a further -5 % if launch-bound"),
+)
+
+
+# -- the model --------------------------------------------------------------------------------
+
+
+def full_models(device: torch.device) -> dict[str, torch.nn.Module]:
+    """The four full-size networks with random weights, made directly on `device` (may be "meta")."""
+    from diffusers import AutoencoderKL
+    from diffusers.models.unets import I2VGenXLUNet
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        return dict(unet=I2VGenXLUNet(**UNET), vae=AutoencoderKL(**VAE),
+                    text_encoder=CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER)),
+                    image_encoder=CLIPVisionModelWithProjection(CLIPVisionConfig(**IMAGE_ENCODER)))
+
+
+def build_full(device: torch.device, dtype: torch.dtype):
+    """The full-size I2VGen-XL pipeline with random weights."""
+    from diffusers import DDIMScheduler, I2VGenXLPipeline
+    from transformers import CLIPImageProcessor
+
+    from pipeline.tiny import build_tokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = build_tokenizer(Path(tmp))
+    pipe = I2VGenXLPipeline(**full_models(device), tokenizer=tokenizer, feature_extractor=CLIPImageProcessor(),
+                            scheduler=DDIMScheduler(**SCHEDULER))
+    return pipe.to(device=device, dtype=dtype)
+
+
+def flops_by_part(models: dict[str, torch.nn.Module], shape: Shape) -> dict[str, int]:
+    """Each network's FLOPs in one job of `shape`, from empty inputs of the shapes the pipeline feeds.
+
+    On the "meta" device nothing is computed (attention counts as its matmuls), so the full-size
+    model is counted on any machine; the GPU run counts the real pipeline and should agree.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    unet, vae, text, image = (models[k] for k in ("unet", "vae", "text_encoder", "image_encoder"))
+    device = next(unet.parameters()).device
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    latents = (shape.num_frames, shape.height // scale, shape.width // scale)
+    empty = lambda *size: torch.zeros(*size, device=device)  # noqa: E731
+
+    def count(call) -> int:
+        # The counter knows no CPU attention kernel: on the CPU, attention runs as plain matmuls.
+        kernels = sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else contextlib.nullcontext()
+        with FlopCounterMode(display=False) as counter, kernels, torch.inference_mode():
+            call()
+        return counter.get_total_flops()
+
+    tokens = text.config.max_position_embeddings
+    return {
+        "unet step (guidance batch of 2)": count(lambda: unet(
+            empty(2, 4, *latents), torch.tensor(999, device=device),
+            encoder_hidden_states=empty(2, tokens, unet.config.cross_attention_dim), fps=empty(2),
+            image_latents=empty(2, 4, *latents), image_embeddings=empty(2, 1, image.config.projection_dim),
+            return_dict=False)),
+        "vae decode (all frames)": count(lambda: vae.decode(empty(shape.num_frames, 4, *latents[1:]))),
+        "vae encode (the image)": count(lambda: vae.encode(empty(1, 3, shape.height, shape.width))),
+        "text encoder (prompt, negative)": count(lambda: text(torch.zeros(2, tokens, dtype=torch.long,
+                                                                              device=device))),
+        "image encoder": count(lambda: image(empty(1, 3, image.config.image_size, image.config.image_size))),
+    }
+
+
+def build_toy(device: torch.device, dtype: torch.dtype):
+    from pipeline.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline().to(device=device, dtype=dtype)
+
+
+def prepare(pipe, setup: Setup) -> None:
+    """Apply `setup` to a fresh pipeline."""
+    pipe.set_progress_bar_config(disable=True)
+    torch.backends.cudnn.benchmark = setup.cudnn_benchmark  # process-wide: set for every run
+    if setup.fused_qkv:
+        pipe.unet.fuse_qkv_projections()
+    if setup.attention == "classic":
+        from diffusers.models.attention_processor import AttnProcessor
+
+        pipe.unet.set_attn_processor(AttnProcessor())
+        pipe.vae.set_attn_processor(AttnProcessor())
+    if setup.channels_last:
+        for module in (*pipe.unet.modules(), *pipe.vae.modules()):
+            if isinstance(module, torch.nn.Conv2d):
+                module.to(memory_format=torch.channels_last)
+            elif isinstance(module, torch.nn.Conv3d):  # the UNet's temporal convolutions
+                module.to(memory_format=torch.channels_last_3d)
+    if setup.split_guidance:
+        _split_guidance(pipe.unet)
+    if setup.cpu_timesteps:
+        set_timesteps = pipe.scheduler.set_timesteps
+        pipe.scheduler.set_timesteps = lambda steps, device=None, **kw: set_timesteps(steps, device="cpu", **kw)
+    if setup.compile:
+        pipe.unet.compile(mode=setup.compile)
+
+
+def _split_guidance(unet) -> None:
+    """Run the unconditional and the conditional half of each step as two separate UNet calls."""
+    batched = unet.forward
+
+    def half(value, i):
+        return value[i:i + 1] if torch.is_tensor(value) and value.ndim and value.shape[0] == 2 else value
+
+    def forward(sample, timestep, **kwargs):
+        if sample.shape[0] != 2:
+            return batched(sample, timestep, **kwargs)
+        outs = [batched(sample[i:i + 1], timestep, **{k: half(v, i) for k, v in kwargs.items()})[0]
+                for i in range(2)]
+        return (torch.cat(outs),)
+
+    unet.forward = forward
+
+
+def attention_kernels(setup: Setup, device: torch.device):
+    """The SDPA backend to force, if any (a context manager around each job)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION,
+                "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa-math": SDPBackend.MATH}
+    if setup.attention in backends:
+        return sdpa_kernel(backends[setup.attention])
+    return contextlib.nullcontext()
+
+
+# -- measuring --------------------------------------------------------------------------------
+
+
+class Marks:
+    """Points in time on the device's own clock: CUDA events (no sync to record), else perf_counter."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.points: dict[str, object] = {}
+
+    def mark(self, name: str) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.points[name] = event
+        else:
+            self.points[name] = time.perf_counter()
+
+    def seconds(self, start: str, end: str) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return self.points[start].elapsed_time(self.points[end]) / 1000
+        return self.points[end] - self.points[start]
+
+
+@dataclass(frozen=True)
+class Timing:
+    seconds: float  # the whole job, as the worker sees it
+    step_seconds: float
+    outside_loop: float  # job minus the denoising steps
+    peak_vram: int | None
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_job(generator: VideoGenerator, image, params: GenerationParams, kernels: contextlib.AbstractContextManager
+            ) -> Timing:
+    device = generator.placement.device
+    marks = Marks(device)
+
+    def on_progress(progress):
+        if progress.phase == "denoising" and progress.step in (1, progress.total):
+            marks.mark(f"step{progress.step}")
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    synchronize(device)
+    started = time.perf_counter()
+    with kernels, np.errstate(invalid="ignore"):  # random weights may give NaN frames; no matter
+        generator.generate(image, params, on_progress)
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    step = marks.seconds("step1", f"step{params.steps}") / (params.steps - 1)
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
+    return Timing(seconds, step, seconds - step * params.steps, peak)
+
+
+def count_flops(generator: VideoGenerator, image, params: GenerationParams) -> tuple[int, int]:
+    """(FLOPs outside the loop, FLOPs per denoising step), from jobs of 1 and 2 steps."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    # The counter knows the CUDA attention kernels, not the CPU one: on the CPU attention runs as
+    # plain matmuls (which it counts) while counting.
+    on_cpu = generator.placement.device.type == "cpu"
+    totals = []
+    for steps in (1, 2):
+        kernels = sdpa_kernel(SDPBackend.MATH) if on_cpu else contextlib.nullcontext()
+        with FlopCounterMode(display=False) as counter, kernels, np.errstate(invalid="ignore"):
+            generator.generate(image, replace(params, steps=steps))
+        totals.append(counter.get_total_flops())
+    per_step = totals[1] - totals[0]
+    return totals[0] - per_step, per_step
+
+
+def count_syncs(generator: VideoGenerator, image, params: GenerationParams, kernels) -> tuple[int, float]:
+    """(host syncs in a 2-step job, syncs per extra step), from torch's sync debug mode (CUDA only).
+
+    `kernels` makes the attention-kernel context for each job.
+    """
+    counts = []
+    for steps in (2, 4):
+        with warnings.catch_warnings(record=True) as caught, kernels(), np.errstate(invalid="ignore"):
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                generator.generate(image, replace(params, steps=steps))
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        counts.append(sum("synchroniz" in str(w.message) for w in caught))
+    return counts[0], (counts[1] - counts[0]) / 2
+
+
+def matmul_rate(device: torch.device, n: int, repeats: int) -> float:
+    """FLOP/s of a square bf16 matmul on `device`: the reference for utilisation."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    best = 0.0
+    for _ in range(3):  # the best of three: clocks ramp up, and other work may be running
+        marks = Marks(device)
+        marks.mark("start")
+        for _ in range(repeats):
+            a @ b
+        marks.mark("end")
+        best = max(best, 2 * n**3 * repeats / marks.seconds("start", "end"))
+    return best
+
+
+@dataclass
+class Result:
+    label: str
+    shape: Shape
+    dtype: torch.dtype
+    timing: Timing | None = None
+    warmup_seconds: float = 0.0
+    flops: int | None = None
+    error: str | None = None
+    syncs: tuple[int, float] | None = None
+    prediction: str = ""
+
+    def mfu(self, rate: float) -> float | None:
+        return None if self.flops is None or self.timing is None else self.flops / self.timing.seconds / rate
+
+
+class Bench:
+    def __init__(self, device: torch.device, toy: bool, repeats: int) -> None:
+        self.device, self.toy, self.repeats = device, toy, repeats
+        self.image = PIL.Image.fromarray(
+            np.random.default_rng(0).integers(0, 255, (704, 1280, 3), dtype=np.uint8))
+        self.flops: dict[str, tuple[int, int]] = {}  # per shape: (outside the loop, per step)
+
+    def params(self, shape: Shape) -> GenerationParams:
+        return GenerationParams(prompt="a lighthouse on a cliff, waves crashing, golden hour",
+                                negative_prompt="blurry, distorted", width=shape.width, height=shape.height,
+                                num_frames=shape.num_frames, fps=8, steps=shape.steps, guidance_scale=9.0,
+                                seed=0)
+
+    def run(self, label: str, shape: Shape, setup: Setup, *, syncs: bool = False) -> Result:
+        result = Result(label, shape, setup.dtype)
+        try:
+            self._measure(result, shape, setup, syncs)
+        except Exception as exc:  # one variant failing (a kernel not available, OOM) must not stop the rest
+            first_line = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            result.error = f"{type(exc).__name__}: {first_line}"
+        gc.collect()  # the pipeline is gone with _measure's frame; give its memory back before the next
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return result
+
+    def _measure(self, result: Result, shape: Shape, setup: Setup, syncs: bool) -> None:
+        pipe = (build_toy if self.toy else build_full)(self.device, setup.dtype)
+        prepare(pipe, setup)
+        generator = VideoGenerator(pipe, Placement(self.device, setup.dtype), decode_chunk_size=setup.decode_chunk)
+        params = self.params(shape)
+        kernels = lambda: attention_kernels(setup, self.device)  # noqa: E731  (a fresh context per job)
+        if shape.name not in self.flops and not setup.compile:
+            self.flops[shape.name] = count_flops(generator, self.image, params)
+        started = time.perf_counter()
+        run_job(generator, self.image, replace(params, steps=2), kernels())
+        result.warmup_seconds = time.perf_counter() - started  # autotuning, allocator, compilation
+        runs = [run_job(generator, self.image, params, kernels()) for _ in range(self.repeats)]
+        result.timing = min(runs, key=lambda t: t.seconds)
+        if syncs and self.device.type == "cuda":
+            result.syncs = count_syncs(generator, self.image, params, kernels)
+        if shape.name in self.flops:
+            outside, per_step = self.flops[shape.name]
+            result.flops = outside + per_step * shape.steps
+
+
+# -- reporting --------------------------------------------------------------------------------
+
+
+def device_line(device: torch.device) -> str:
+    if device.type != "cuda":
+        return f"device   CPU ({torch.get_num_threads()} threads): a smoke test at toy size, not a GPU figure"
+    props = torch.cuda.get_device_properties(device)
+    return (f"device   {props.name}, {props.total_memory / 2**30:.0f} GiB, sm_{props.major}{props.minor}, "
+            f"{props.multi_processor_count} SMs; CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")
+
+
+def print_table(results: list[Result], rate: float, baseline: Result | None = None) -> None:
+    print(f"{'run':<26}{'dtype':<10}{'s/job':>8}{'s/step':>9}{'outside':>9}{'VRAM GB':>9}{'TFLOP':>8}"
+          f"{'MFU':>7}{'warm-up':>9}  {'vs base':>8}  prediction")
+    for r in results:
+        dtype = str(r.dtype).removeprefix("torch.")
+        if r.timing is None:
+            print(f"{r.label:<26}{dtype:<10}  failed: {r.error}")
+            continue
+        t = r.timing
+        vram = f"{t.peak_vram / 1e9:.1f}" if t.peak_vram is not None else "-"
+        flops = f"{r.flops / 1e12:.1f}" if r.flops is not None else "-"
+        mfu = f"{100 * r.mfu(rate):.0f}%" if r.mfu(rate) is not None else "-"
+        versus = f"{100 * (t.seconds / baseline.timing.seconds - 1):+.0f}%" if baseline and baseline.timing else ""
+        print(f"{r.label:<26}{dtype:<10}{t.seconds:>8.2f}{t.step_seconds:>9.3f}{t.outside_loop:>9.2f}{vram:>9}"
+              f"{flops:>8}{mfu:>7}{r.warmup_seconds:>8.1f}s  {versus:>8}  {r.prediction}")
+        if r.syncs:
+            print(f"{'':<26}host syncs: {r.syncs[0]} in a 2-step job, {r.syncs[1]:g} per step")
+
+
+def print_flops(toy: bool) -> int:
+    """--flops: the arithmetic per job and its floor at the H100's bf16 peak."""
+    header("GPU bench: FLOPs per job from the model configs (meta device, nothing computed)", "bench.gpu")
+    if toy:
+        from pipeline.tiny import build_tiny_pipeline
+
+        pipe = build_tiny_pipeline()
+        models = {k: getattr(pipe, k) for k in ("unet", "vae", "text_encoder", "image_encoder")}
+    else:
+        models = full_models(torch.device("meta"))
+    print("params   " + ", ".join(f"{name} {sum(p.numel() for p in m.parameters()) / 1e9:.3f} B"
+                                  for name, m in models.items()))
+    totals = {}
+    for shape in [TOY] if toy else [STANDARD, NATIVE]:
+        parts = flops_by_part(models, shape)
+        step = parts["unet step (guidance batch of 2)"]
+        totals[shape.name] = step * shape.steps + sum(parts.values()) - step
+        print(f"{shape.name} ({shape.width}x{shape.height}, {shape.num_frames} frames, {shape.steps} steps): "
+              f"{totals[shape.name] / 1e12:.1f} TFLOP per job, floor {totals[shape.name] / H100_BF16_PEAK:.2f} s "
+              f"at {H100_BF16_PEAK / 1e12:.0f} TFLOP/s")
+        for name, flops in parts.items():
+            print(f"         {name:<34}{flops / 1e12:>10.3f} TFLOP")
+    first = next(iter(totals))
+    footer(f"{first}: {totals[first] / 1e12:.1f} TFLOP per job, arithmetic floor "
+           f"{totals[first] / H100_BF16_PEAK:.2f} s at the H100's dense bf16 peak")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--toy", action="store_true", help="the tiny model at toy size (default without CUDA)")
+    parser.add_argument("--variants", action="store_true", help="one change at a time, standard preset")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="variants to run (names as printed)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed jobs per run; the fastest counts")
+    parser.add_argument("--flops", action="store_true",
+                        help="only count FLOPs per job from the configs, on the meta device (no GPU needed)")
+    args = parser.parse_args(argv)
+    quiet_libraries()
+    warnings.filterwarnings("ignore", message=".*torchvision.*")
+    if args.flops:
+        return print_flops(args.toy)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    toy = args.toy or not cuda
+    header("GPU: full-size I2VGen-XL (random weights) through VideoGenerator"
+           if not toy else "GPU bench, toy smoke test (tiny model)", "bench.gpu")
+    print(device_line(device))
+    rate = matmul_rate(device, 8192 if cuda else 512, 100 if cuda else 5)
+    print(f"matmul   bf16 {8192 if cuda else 512}^3: {rate / 1e12:.1f} TFLOP/s (the reference for MFU)", flush=True)
+
+    bench = Bench(device, toy, args.repeats)
+    standard = TOY if toy else STANDARD
+    if args.variants:
+        chosen = [v for v in VARIANTS if (cuda or not v.setup.cuda_only) and (not args.only or v.name in args.only)]
+        base_setup = replace(BASELINE.setup, dtype=torch.float16 if cuda else torch.float32)
+        base = bench.run(BASELINE.name, standard, base_setup, syncs=True)
+        results = [base]
+        for variant in chosen:
+            setup = variant.setup if cuda or variant.setup.dtype != torch.float16 else replace(
+                variant.setup, dtype=torch.float32)
+            result = bench.run(variant.name, standard, setup, syncs=variant.setup.cpu_timesteps)
+            result.prediction = variant.prediction
+            results.append(result)
+            print_table([result], rate, base)  # as it goes: a long run still leaves figures behind
+        print()
+        print_table(results, rate, base)
+    else:
+        shapes = [TOY] if toy else [STANDARD, NATIVE]
+        dtypes = [torch.float16, torch.bfloat16] if cuda else [torch.float32, torch.bfloat16]
+        results = [bench.run(shape.name, shape, replace(Setup(), dtype=dtype)) for dtype in dtypes
+                   for shape in shapes]
+        print_table(results, rate)
+        base = results[0]
+
+    for name, (outside, per_step) in bench.flops.items():
+        print(f"FLOPs    {name}: {per_step / 1e12:.2f} TFLOP per step, {outside / 1e12:.2f} outside the loop; "
+              f"floor at the matmul rate {(outside + per_step * standard.steps) / rate:.2f} s per job")
+    if toy:
+        done = sum(r.timing is not None for r in results)
+        footer(f"toy smoke test: {done} of {len(results)} runs completed on {device.type}, baseline "
+               f"{base.timing.seconds:.3f} s per job" if base.timing else f"toy smoke test FAILED: {base.error}")
+        return 0 if done == len(results) else 1
+    print(ANCHOR)
+    t = base.timing
+    footer(f"standard preset, {str(base.dtype).removeprefix('torch.')}: {t.seconds:.2f} s per job, "
+           f"{t.step_seconds:.3f} s per step, peak {t.peak_vram / 1e9:.1f} GB, MFU {100 * base.mfu(rate):.0f} % "
+           f"({'meets' if t.seconds <= TARGET_SECONDS else 'misses'} the target <= {TARGET_SECONDS} s on one H100)"
+           if t else f"standard preset FAILED: {base.error}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

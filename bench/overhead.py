@@ -1,0 +1,206 @@
+"""Daemon overhead: the same jobs as bare diffusers calls in one process, then through `i2vd run`.
+
+(a) bare: a fresh process loads the tiny model with `I2VGenXLPipeline.from_pretrained`, then runs
+    the jobs one after another: open the image, CLIP prompt embeddings, `pipe(...)`, uint8 frames,
+    MP4. Timed from the first job's start to the last MP4 written; loading is not counted.
+(b) daemon: `i2vd run` (inotify, a short settle window) is started and waits, ready and idle. All
+    pairs are dropped at once: each file is written in a staging folder, then renamed into the
+    inbox, image before sidecar. Timed from the last sidecar's rename (its last byte is in the
+    inbox) to the last MP4 renamed into place (the MP4's ctime); the settle window counts.
+
+Both processes load the model before their clock starts and neither warms it up. Each job seeds
+torch (the job's generator and the global one, as the daemon does). The prompt embeddings come
+from `pipeline.generate.encode_prompt` in both (the pipeline's own path is broken by
+transformers >= 5.6, see README) and the MP4s from `pipeline.video.encode_mp4`; the MP4s of (a)
+and (b) are compared byte for byte, so both did the same work. Rounds alternate which runs first.
+
+(a) runs its jobs in a second thread, as the daemon's worker does: on this machine torch's CPU
+kernels run 15 % (idle machine) to several times (busy machine) slower from a process's main
+thread than from another thread, an effect of where they run, not of the daemon
+(`--bare-in-main-thread` shows it).
+
+    .venv/bin/python -m bench.overhead            # prints (b)/(a) last; target <= 1.05
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.harness import REPO, Daemon, Scratch, event_time, footer, header, tiny_model, write_image
+
+TARGET = 1.05
+
+
+def job_specs(args) -> list[dict]:
+    return [{"name": f"job{i:02d}", "params": {
+        "prompt": f"a lighthouse at dusk, variation {i}", "negative_prompt": "blurry",
+        "width": args.size, "height": args.size, "num_frames": args.frames, "steps": args.steps,
+        "fps": 8, "guidance_scale": 9.0, "seed": 1000 + i}} for i in range(args.jobs)]
+
+
+def run_bare(spec_file: Path, main_thread: bool) -> None:
+    """(a), in its own process: prints one JSON line with the timings."""
+    spec = json.loads(spec_file.read_text())
+    import PIL.Image
+    import torch
+    from diffusers import I2VGenXLPipeline
+
+    from pipeline.generate import encode_prompt
+    from pipeline.loader import quiet_libraries
+    from pipeline.video import encode_mp4
+
+    quiet_libraries()
+    pipe = I2VGenXLPipeline.from_pretrained(spec["model"], torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    out = Path(spec["out"])
+    per_job = []
+
+    @torch.inference_mode()
+    def jobs() -> None:
+        for job in spec["jobs"]:
+            job_started = time.perf_counter()
+            p = job["params"]
+            with PIL.Image.open(job["image"]) as img:
+                image = img.convert("RGB")
+            torch.manual_seed(p["seed"])  # the VAE's image-latent sample draws from the global generator
+            result = pipe(
+                image=image,
+                prompt_embeds=encode_prompt(pipe, p["prompt"], pipe.device),
+                negative_prompt_embeds=encode_prompt(pipe, p["negative_prompt"], pipe.device),
+                height=p["height"], width=p["width"], num_frames=p["num_frames"], target_fps=p["fps"],
+                num_inference_steps=p["steps"], guidance_scale=p["guidance_scale"],
+                generator=torch.Generator("cpu").manual_seed(p["seed"]), decode_chunk_size=8,
+                output_type="np",
+            )
+            frames = (np.asarray(result.frames[0]) * 255).round().clip(0, 255).astype(np.uint8)
+            encode_mp4(frames, out / f"{job['name']}.mp4", p["fps"])
+            per_job.append(time.perf_counter() - job_started)
+
+    started = time.perf_counter()
+    if main_thread:
+        jobs()
+    else:  # where the daemon's worker runs them; see the module docstring
+        thread = threading.Thread(target=jobs)
+        thread.start()
+        thread.join()
+    print(json.dumps({"seconds": time.perf_counter() - started, "per_job": per_job}))
+
+
+def bare(scratch: Scratch, jobs: list[dict], images: Path, main_thread: bool) -> dict:
+    out = scratch.root / "bare"
+    out.mkdir()
+    spec = scratch.root / "bare.json"
+    spec.write_text(json.dumps({"model": str(tiny_model()), "out": str(out), "jobs": [
+        {**job, "image": str(images / f"{job['name']}.png")} for job in jobs]}))
+    where = ["--bare-in-main-thread"] if main_thread else []
+    proc = subprocess.run([sys.executable, "-m", "bench.overhead", "--bare-run", str(spec), *where], cwd=REPO,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the bare run failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["digests"] = {p.stem: _digest(p) for p in out.glob("*.mp4")}
+    return result
+
+
+def through_daemon(scratch: Scratch, jobs: list[dict], settle: float) -> dict:
+    """(b): returns the seconds from the last byte dropped to the last MP4 published, and where they went."""
+    for job in jobs:
+        (scratch.staging / f"{job['name']}.json").write_text(json.dumps(job["params"]))
+    with Daemon(scratch, observer="inotify", settle_seconds=settle) as daemon:
+        daemon.wait_ready()
+        for job in jobs:
+            for suffix in (".png", ".json"):
+                os.rename(scratch.staging / f"{job['name']}{suffix}", scratch.inbox / f"{job['name']}{suffix}")
+        dropped = time.time()
+        deadline = time.monotonic() + 60 + 30 * len(jobs)
+        while len(videos := list(scratch.outputs.glob("*.mp4"))) < len(jobs):
+            if daemon.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the daemon did not publish every video")
+            time.sleep(0.05)
+        published = max(v.stat().st_ctime for v in videos)
+        queued = [event_time(e) for e in daemon.events("job_queued")]
+        started = [event_time(e) for e in daemon.events("job_started")]
+        succeeded = [event_time(e) for e in daemon.events("job_succeeded")]
+    timings = [json.loads(v.with_suffix(".json").read_text())["timings"] for v in videos]
+    busy = sum(t["generation_seconds"] + t["encoding_seconds"] for t in timings)
+    return {
+        "seconds": published - dropped,
+        "last_queued": max(queued) - dropped,
+        "first_started": min(started) - dropped,
+        "busy": busy,  # the worker's own timing of generation + encoding, summed over the jobs
+        "between_jobs": sum(s - e for s, e in zip(sorted(started)[1:], sorted(succeeded)[:-1])),
+        "digests": {v.stem.rsplit("_", 2)[0]: _digest(v) for v in videos},
+    }
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def one_round(args, daemon_first: bool) -> tuple[dict, dict]:
+    jobs = job_specs(args)
+    with Scratch("overhead") as scratch:
+        images = scratch.root / "images"  # (b) renames its staged files away; (a) reads these links
+        images.mkdir()
+        rng = np.random.default_rng(7)
+        for job in jobs:
+            write_image(scratch.staging / f"{job['name']}.png", rng)
+            os.link(scratch.staging / f"{job['name']}.png", images / f"{job['name']}.png")
+        if daemon_first:
+            b = through_daemon(scratch, jobs, args.settle)
+            a = bare(scratch, jobs, images, args.bare_in_main_thread)
+        else:
+            a = bare(scratch, jobs, images, args.bare_in_main_thread)
+            b = through_daemon(scratch, jobs, args.settle)
+    return a, b
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=10)
+    parser.add_argument("--size", type=int, default=32, help="width = height of the videos")
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--settle", type=float, default=0.3, help="the daemon's settle_seconds")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--bare-in-main-thread", action="store_true",
+                        help="run (a)'s jobs in the main thread, as a plain script would (see above)")
+    parser.add_argument("--bare-run", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.bare_run:
+        run_bare(args.bare_run, args.bare_in_main_thread)
+        return 0
+
+    header(f"Daemon overhead: {args.jobs} jobs through `i2vd run` vs bare pipe() calls", "bench.overhead")
+    print(f"jobs     {args.jobs} x {args.size}x{args.size}, {args.frames} frames, {args.steps} steps, "
+          f"guidance 9.0, tiny model, CPU; dropped at once; settle_seconds {args.settle}")
+    ratios = []
+    for n in range(args.rounds):
+        a, b = one_round(args, daemon_first=n % 2 == 1)
+        same = a["digests"] == b["digests"]
+        ratios.append(b["seconds"] / a["seconds"])
+        print(f"round {n + 1}  (a) bare {a['seconds']:.2f} s ({statistics.mean(a['per_job']):.3f} s/job)   "
+              f"(b) daemon {b['seconds']:.2f} s: last queued +{b['last_queued']:.2f} s, first job started "
+              f"+{b['first_started']:.2f} s, jobs {b['busy']:.2f} s, between jobs {b['between_jobs']:.2f} s"
+              f"   (b)/(a) {ratios[-1]:.3f}   MP4s identical: {'yes' if same else 'NO'}", flush=True)
+        if not same:
+            print("         the MP4s differ: (a) and (b) did not do the same work", flush=True)
+    verdict = "meets" if statistics.median(ratios) <= TARGET else "misses"
+    footer(f"daemon overhead (b)/(a) = {statistics.median(ratios):.3f} (median of {len(ratios)}; "
+           f"{verdict} the target <= {TARGET})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""bench/gpu.py at toy size on the CPU: the GPU benchmark's code runs in CI, not only on a lent GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.gpu import TOY, Bench, Setup, main
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny ops on a busy machine: two OpenMP threads mostly wait for each other (seconds, not ms)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_toy_run_prints_the_figure_last(capsys):
+    assert main(["--toy", "--repeats", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].startswith("toy smoke test: 2 of 2 runs completed on cpu")
+    assert any(line.startswith("FLOPs    toy:") for line in lines)
+
+
+def test_every_change_the_variants_make_runs_on_the_tiny_model():
+    """All the CPU-capable changes at once: attention, guidance, memory format, QKV fusion, timesteps."""
+    bench = Bench(torch.device("cpu"), toy=True, repeats=1)
+    setup = Setup(dtype=torch.bfloat16, attention="classic", split_guidance=True, channels_last=True,
+                  fused_qkv=True, cpu_timesteps=True, decode_chunk=1)
+    result = bench.run("everything", TOY, setup)
+    assert result.error is None
+    assert result.timing.seconds > 0 and result.timing.step_seconds > 0
+    outside, per_step = bench.flops["toy"]
+    assert outside > 0 and per_step > 0 and result.flops == outside + per_step * TOY.steps
+
+
+def test_flops_per_job_are_counted_from_the_models(capsys):
+    assert main(["--flops", "--toy"]) == 0
+    out = capsys.readouterr().out
+    assert "unet step (guidance batch of 2)" in out and "vae decode (all frames)" in out
+    assert out.splitlines()[-1].startswith("toy: ")
