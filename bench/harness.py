@@ -71,12 +71,15 @@ class Scratch:
 class Daemon:
     """`i2vd run` in its own process, with the tiny model and the given I2VD_* settings."""
 
-    def __init__(self, scratch: Scratch, *, parked_worker: bool = False, **settings: object) -> None:
+    def __init__(self, scratch: Scratch, *, parked_worker: bool = False, env: dict[str, str] | None = None,
+                 **settings: object) -> None:
         self.log_file = scratch.state / "i2vd.log"
+        extra_env = env or {}
         env = {k: v for k, v in os.environ.items() if not k.startswith("I2VD_")}
         env.update({"I2VD_INBOX_DIR": str(scratch.inbox), "I2VD_OUTPUTS_DIR": str(scratch.outputs),
                     "I2VD_STATE_DIR": str(scratch.state), "I2VD_MODEL": "tiny", "HF_HUB_OFFLINE": "1"})
         env.update({f"I2VD_{key.upper()}": str(value) for key, value in settings.items()})
+        env.update(extra_env)
         code = ["-c", PARKED_WORKER] if parked_worker else ["-m", "daemon.cli"]
         self._console = open(scratch.root / "daemon-console.log", "wb")
         self.proc = subprocess.Popen([sys.executable, *code, "run"], env=env, cwd=REPO,
