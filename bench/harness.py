@@ -73,6 +73,7 @@ class Daemon:
 
     def __init__(self, scratch: Scratch, *, parked_worker: bool = False, env: dict[str, str] | None = None,
                  **settings: object) -> None:
+        """`settings` become I2VD_* variables (intake_only=True: a daemon with no worker and no model)."""
         self.log_file = scratch.state / "i2vd.log"
         extra_env = env or {}
         env = {k: v for k, v in os.environ.items() if not k.startswith("I2VD_")}

@@ -32,6 +32,9 @@ class Finding:
     message: str
 
 
+WORKER_CHECKS = frozenset({"python", "gpu", "ffmpeg", "model"})  # what only a daemon that runs jobs needs
+
+
 def run_checks(settings: Settings) -> list[Finding]:
     """Every check, in the order a person would fix things; a check that crashes is itself a finding."""
     checks: list[tuple[str, Callable[[Settings], list[Finding]]]] = [
@@ -40,6 +43,10 @@ def run_checks(settings: Settings) -> list[Finding]:
         ("disk", check_disk), ("systemd", check_unit),
     ]
     findings: list[Finding] = []
+    if settings.intake_only:
+        checks = [(name, check) for name, check in checks if name not in WORKER_CHECKS]
+        findings.append(Finding("role", "info", "intake only (I2VD_INTAKE_ONLY): this daemon runs no jobs, so "
+                                "torch, the GPU, ffmpeg and the model are not checked"))
     for name, check in checks:
         try:
             findings.extend(check(settings))

@@ -78,15 +78,17 @@ class QueueCollector(Collector):
 
 
 class GpuCollector(Collector):
-    """GPU memory of this process on its CUDA device (nothing on CPU)."""
+    """GPU memory of this process on its CUDA device (nothing on CPU or in an intake-only daemon)."""
 
     def __init__(self, device) -> None:
         self.device = device
 
     def collect(self):
+        if self.device is None or self.device.type != "cuda":
+            return
         import torch
 
-        if self.device.type != "cuda" or not torch.cuda.is_initialized():
+        if not torch.cuda.is_initialized():
             return
         labels = [str(self.device)]
         for name, doc, value in (

@@ -7,6 +7,7 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,11 +24,12 @@ from daemon.recovery import recover_jobs, sweep_outputs
 from daemon.reload import reload_settings
 from daemon.settings import Settings, describe_error, split_host_port
 from daemon.watcher import choose_mode, filesystem_type, needs_polling, start_observer
-from daemon.worker import Worker
 from daemon.workers import WorkerRegistry, this_process
-from pipeline.generate import VideoGenerator
-from pipeline.loader import Placement, load_pipeline, resolve_placement
-from pipeline.tiny import ensure_tiny_model
+
+if TYPE_CHECKING:
+    from daemon.worker import Worker
+    from pipeline.generate import VideoGenerator
+    from pipeline.loader import Placement
 
 log = get_logger("i2vd.service")
 
@@ -38,6 +40,10 @@ STATUS_INTERVAL = 1.0  # seconds between STATUS= updates to systemd (sent only w
 
 def load_generator(settings: Settings, placement: Placement) -> VideoGenerator:
     """Load the configured model once; the tiny smoke-test model is built on first use."""
+    from pipeline.generate import VideoGenerator
+    from pipeline.loader import load_pipeline
+    from pipeline.tiny import ensure_tiny_model
+
     model = settings.model
     if settings.is_tiny_model:
         model = str(ensure_tiny_model(settings.state_dir / "models" / "tiny-i2vgen-xl"))
@@ -56,7 +62,11 @@ def load_generator(settings: Settings, placement: Placement) -> VideoGenerator:
 
 
 class Daemon:
-    """One i2vd process: an intake loop in the main thread and one worker thread."""
+    """One i2vd process: an intake loop in the main thread and one worker thread (none if intake_only).
+
+    The model stack (torch, diffusers) is imported only for the worker: an intake-only daemon stays
+    small (see bench/RESULTS.md).
+    """
 
     def __init__(self, settings: Settings, config_file: Path | None = None) -> None:
         self.settings = settings
@@ -90,7 +100,8 @@ class Daemon:
         signal.signal(signal.SIGHUP, self.request_reload)  # before the slow start-up: HUP must not kill us
         log.info("daemon_starting", version=__version__, inbox=str(s.inbox_dir), outputs=str(s.outputs_dir),
                  database=_redact(s.database_url))
-        self.notifier.status(f"Starting: database migrations, then loading model {s.model}")
+        self.notifier.status("Starting: database migrations" if s.intake_only
+                             else f"Starting: database migrations, then loading model {s.model}")
 
         db_file = sqlite_path(s.database_url)
         if db_file is not None and needs_polling(fs := filesystem_type(db_file.parent)):
@@ -103,12 +114,21 @@ class Daemon:
             with StartupKeepalive(self.notifier, s.startup_timeout_seconds):
                 upgrade(engine)
                 queue = JobQueue(session_factory(engine))
-                placement = resolve_placement(s.device, s.dtype)
-                metrics_server = self._start_metrics(queue, placement)  # before the load: a taken port fails fast
-                self.notifier.status(f"Starting: loading model {s.model}")
-                generator = load_generator(s, placement)
-            metrics.info.info({"version": __version__, "model": s.model, "device": str(placement.device),
-                               "dtype": str(placement.dtype).removeprefix("torch.")})
+                if s.intake_only:
+                    generator = None
+                    metrics_server = self._start_metrics(queue, None)
+                    metrics.info.info({"version": __version__, "role": "intake"})
+                else:
+                    from pipeline.loader import resolve_placement
+
+                    placement = resolve_placement(s.device, s.dtype)
+                    # Before the load: a taken port fails fast.
+                    metrics_server = self._start_metrics(queue, placement.device)
+                    self.notifier.status(f"Starting: loading model {s.model}")
+                    generator = load_generator(s, placement)
+                    metrics.info.info({"version": __version__, "role": "worker", "model": s.model,
+                                       "device": str(placement.device),
+                                       "dtype": str(placement.dtype).removeprefix("torch.")})
             if self.stop.is_set():
                 self.notifier.stopping("Stopped during start-up")
                 return 0
@@ -119,20 +139,20 @@ class Daemon:
             engine.dispose()
             self.notifier.close()
 
-    def _start_metrics(self, queue: JobQueue, placement: Placement) -> MetricsServer | None:
+    def _start_metrics(self, queue: JobQueue, device) -> MetricsServer | None:
         s = self.settings
         if not s.metrics_enabled:
             return None
         host, port = split_host_port(s.metrics_address)
         try:
-            server = MetricsServer(host, port, queue.counts, placement.device)
+            server = MetricsServer(host, port, queue.counts, device)
         except OSError as exc:
             raise I2vdError(f"cannot serve metrics on {s.metrics_address} ({exc.strerror or exc}); set "
                             "I2VD_METRICS_ADDRESS to a free address or I2VD_METRICS_ENABLED=false") from None
         log.info("metrics_serving", url=f"http://{s.metrics_address.rpartition(':')[0]}:{server.port}/metrics")
         return server
 
-    def _serve(self, queue: JobQueue, generator: VideoGenerator, sessions: sessionmaker[Session]) -> int:
+    def _serve(self, queue: JobQueue, generator: VideoGenerator | None, sessions: sessionmaker[Session]) -> int:
         s = self.settings
         recover_jobs(queue, s.max_crash_attempts)
         sweep_outputs(queue, s.outputs_dir)
@@ -146,14 +166,18 @@ class Daemon:
         mode = choose_mode(s.observer, s.inbox_dir)
         observer = start_observer(s.inbox_dir, mode, s.poll_interval_seconds, on_event)
         intake.scan()
-        registry = WorkerRegistry(sessions, this_process(), s.lease_seconds)
-        worker = Worker(s, queue, generator, registry.register(str(generator.placement.device)))
-        registry.start()
-        worker_thread = threading.Thread(target=self._run_worker, args=(worker,), name="worker", daemon=True)
-        worker_thread.start()
+        worker = worker_thread = registry = None
+        if generator is not None:
+            from daemon.worker import Worker
+
+            registry = WorkerRegistry(sessions, this_process(), s.lease_seconds)
+            worker = Worker(s, queue, generator, registry.register(str(generator.placement.device)))
+            registry.start()
+            worker_thread = threading.Thread(target=self._run_worker, args=(worker,), name="worker", daemon=True)
+            worker_thread.start()
         self._status = self._status_line(queue, worker)
         self.notifier.ready(self._status)
-        log.info("daemon_ready", observer=mode, settle_seconds=s.settle_seconds)
+        log.info("daemon_ready", observer=mode, settle_seconds=s.settle_seconds, intake_only=worker is None)
 
         ping_every = self.notifier.watchdog_interval
         now = time.monotonic()
@@ -202,8 +226,9 @@ class Daemon:
         finally:
             self.notifier.stopping(self._stopping_line(worker))
             observer.stop()
-            self._stop_worker(worker, worker_thread)
-            registry.stop()
+            if worker is not None:
+                self._stop_worker(worker, worker_thread)
+                registry.stop()
             observer.join(timeout=5)
         log.info("daemon_stopped")
         return 1 if self.worker_crashed else 0
@@ -217,7 +242,7 @@ class Daemon:
             self.worker_crashed = True
             self.request_stop()
 
-    def _reload(self, queue: JobQueue, worker: Worker) -> bool:
+    def _reload(self, queue: JobQueue, worker: Worker | None) -> bool:
         """Apply live settings; True when the inbox observer must restart to take them."""
         self.notifier.reloading()
         restart_observer = False
@@ -237,9 +262,11 @@ class Daemon:
         self.notifier.ready(self._status)  # READY=1 ends the reload
         return restart_observer
 
-    def _status_line(self, queue: JobQueue, worker: Worker) -> str:
+    def _status_line(self, queue: JobQueue, worker: Worker | None) -> str:
         """What `systemctl status` shows: the running job and its step, and the queue depth."""
         queued = queue.counts()[JobState.QUEUED]
+        if worker is None:
+            return f"Intake only; {queued} queued"
         job_id, progress = worker.current_job, worker.current_progress
         if job_id is None:
             return f"Idle; {queued} queued"
@@ -251,7 +278,7 @@ class Daemon:
             doing += f" step {progress.step}/{progress.total}"
         return f"Job #{job_id} {self._job_names[job_id]}: {doing}; {queued} queued"
 
-    def _update_status(self, queue: JobQueue, worker: Worker) -> None:
+    def _update_status(self, queue: JobQueue, worker: Worker | None) -> None:
         if not self.notifier.enabled:
             return
         line = self._status_line(queue, worker)
@@ -259,8 +286,8 @@ class Daemon:
             self.notifier.status(line)
             self._status = line
 
-    def _stopping_line(self, worker: Worker) -> str:
-        if worker.current_job is None:
+    def _stopping_line(self, worker: Worker | None) -> str:
+        if worker is None or worker.current_job is None:
             return "Stopping"
         return (f"Stopping: job #{worker.current_job} has {self.settings.stop_grace_seconds:g} s to finish, "
                 "then it is requeued")

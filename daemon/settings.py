@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     follow_symlinks: bool = False
 
     # Worker
+    intake_only: bool = Field(False, description="Queue pairs but run no jobs and load no model; another "
+                              "i2vd on the same database runs them.")
     lease_seconds: float = Field(60.0, gt=0, description="A running job's lease, renewed by a heartbeat.")
     worker_poll_seconds: float = Field(1.0, gt=0, description="How often an idle worker looks for jobs.")
     stop_grace_seconds: float = Field(10.0, ge=0, description="On SIGTERM, time the running job may finish.")

@@ -59,3 +59,15 @@ def test_missing_ffmpeg_and_unwritable_outputs_block_running(dirs, tmp_path):
     assert lines_for(out, "inbox")[0].startswith("ok")  # only what is broken is blamed
     assert out.splitlines()[-1] == "2 problem(s) keep i2vd from running: ffmpeg, outputs."
     assert "Traceback" not in result.stderr
+
+
+def test_an_intake_only_daemon_needs_no_model_ffmpeg_or_gpu(dirs, tmp_path):
+    make_queue(make_settings(dirs))
+    env = daemon_env(dirs, I2VD_INTAKE_ONLY="true", I2VD_MODEL=str(tmp_path / "no-such-model"),
+                     IMAGEIO_FFMPEG_EXE=str(tmp_path / "no-such-ffmpeg"))
+    result = doctor(env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "intake only" in lines_for(out, "role")[0]
+    assert not any(lines_for(out, check) for check in ("python", "gpu", "ffmpeg", "model"))
+    assert lines_for(out, "database")[0].startswith("ok")
