@@ -12,7 +12,12 @@ Both processes load the model before their clock starts and neither warms it up.
 torch (the job's generator and the global one, as the daemon does). The prompt embeddings come
 from `pipeline.generate.encode_prompt` in both (the pipeline's own path is broken by
 transformers >= 5.6, see README) and the MP4s from `pipeline.video.encode_mp4`; the MP4s of (a)
-and (b) are compared byte for byte, so both did the same work. Rounds alternate which runs first.
+and (b) are compared byte for byte, so both did the same work.
+
+Each round runs (a), then (b), then (a) again, and divides (b) by the mean of the two (a) runs: this
+shared 2-core VM drifts in speed by 10-15 % over minutes (one bare run took 28.9 s, the same run
+25 minutes later 34.8 s), which a single (a) beside (b) mistakes for overhead. With (a) on both
+sides, a drift that is steady over a round cancels.
 
 (a) runs its jobs in a second thread, as the daemon's worker does: on this machine torch's CPU
 kernels run 15 % (idle machine) to several times (busy machine) slower from a process's main
@@ -99,10 +104,11 @@ def run_bare(spec_file: Path, main_thread: bool) -> None:
     print(json.dumps({"seconds": time.perf_counter() - started, "per_job": per_job}))
 
 
-def bare(scratch: Scratch, jobs: list[dict], images: Path, main_thread: bool, env: dict[str, str]) -> dict:
-    out = scratch.root / "bare"
+def bare(scratch: Scratch, jobs: list[dict], images: Path, main_thread: bool, env: dict[str, str],
+         label: str) -> dict:
+    out = scratch.root / label
     out.mkdir()
-    spec = scratch.root / "bare.json"
+    spec = scratch.root / f"{label}.json"
     spec.write_text(json.dumps({"model": str(tiny_model()), "out": str(out), "jobs": [
         {**job, "image": str(images / f"{job['name']}.png")} for job in jobs]}))
     where = ["--bare-in-main-thread"] if main_thread else []
@@ -150,7 +156,8 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def one_round(args, daemon_first: bool) -> tuple[dict, dict]:
+def one_round(args) -> tuple[dict, dict, dict]:
+    """(a), (b), (a) again, on the same jobs and images."""
     jobs = job_specs(args)
     with Scratch("overhead") as scratch:
         images = scratch.root / "images"  # (b) renames its staged files away; (a) reads these links
@@ -160,13 +167,10 @@ def one_round(args, daemon_first: bool) -> tuple[dict, dict]:
             write_image(scratch.staging / f"{job['name']}.png", rng)
             os.link(scratch.staging / f"{job['name']}.png", images / f"{job['name']}.png")
         env = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
-        if daemon_first:
-            b = through_daemon(scratch, jobs, args.settle, env)
-            a = bare(scratch, jobs, images, args.bare_in_main_thread, env)
-        else:
-            a = bare(scratch, jobs, images, args.bare_in_main_thread, env)
-            b = through_daemon(scratch, jobs, args.settle, env)
-    return a, b
+        a1 = bare(scratch, jobs, images, args.bare_in_main_thread, env, "bare-before")
+        b = through_daemon(scratch, jobs, args.settle, env)
+        a2 = bare(scratch, jobs, images, args.bare_in_main_thread, env, "bare-after")
+    return a1, b, a2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,11 +197,12 @@ def main(argv: list[str] | None = None) -> int:
           f"guidance 9.0, tiny model, CPU, {threads}; dropped at once; settle_seconds {args.settle}")
     ratios, outside = [], []
     for n in range(args.rounds):
-        a, b = one_round(args, daemon_first=n % 2 == 1)
-        same = a["digests"] == b["digests"]
-        ratios.append(b["seconds"] / a["seconds"])
+        a1, b, a2 = one_round(args)
+        same = a1["digests"] == b["digests"] == a2["digests"]
+        a_seconds = (a1["seconds"] + a2["seconds"]) / 2
+        ratios.append(b["seconds"] / a_seconds)
         outside.append((b["seconds"] - b["busy"]) / b["seconds"])
-        print(f"round {n + 1}  (a) bare {a['seconds']:.2f} s ({statistics.mean(a['per_job']):.3f} s/job)   "
+        print(f"round {n + 1}  (a) bare {a1['seconds']:.2f} s before, {a2['seconds']:.2f} s after   "
               f"(b) daemon {b['seconds']:.2f} s: last queued +{b['last_queued']:.2f} s, first job started "
               f"+{b['first_started']:.2f} s, jobs {b['busy']:.2f} s, between jobs {b['between_jobs']:.2f} s"
               f"   (b)/(a) {ratios[-1]:.3f}   MP4s identical: {'yes' if same else 'NO'}", flush=True)
