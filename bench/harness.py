@@ -169,13 +169,6 @@ def write_image(path: Path, rng: np.random.Generator, size: int = 128) -> None:
     PIL.Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path)
 
 
-def write_pair(directory: Path, stem: str, rng: np.random.Generator, sidecar: dict) -> tuple[Path, Path]:
-    image, side = directory / f"{stem}.png", directory / f"{stem}.json"
-    write_image(image, rng)
-    side.write_text(json.dumps(sidecar))
-    return image, side
-
-
 # -- what every benchmark prints ---------------------------------------------------------------
 
 

@@ -243,11 +243,6 @@ class JobQueue:
         with self._sessions() as s:
             return list(s.scalars(select(Job).where(Job.state == JobState.RUNNING).order_by(Job.id)))
 
-    def expired_leases(self, now: datetime | None = None) -> list[Job]:
-        with self._sessions() as s:
-            return list(s.scalars(select(Job).where(
-                Job.state == JobState.RUNNING, Job.lease_expires_at < (now or utcnow()))))
-
     # -- reading ------------------------------------------------------------------------------
 
     def get(self, job_id: int) -> Job | None:
