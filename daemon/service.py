@@ -9,10 +9,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import __version__, logs, metrics
-from daemon.db import make_engine, session_factory, sqlite_path, upgrade
+from daemon.db import cannot_write, make_engine, session_factory, sqlite_path, unwritable_reason, upgrade
 from daemon.errors import I2vdError
 from daemon.intake import Intake
 from daemon.logs import get_logger
@@ -112,7 +113,7 @@ class Daemon:
         metrics_server = None
         try:
             with StartupKeepalive(self.notifier, s.startup_timeout_seconds):
-                upgrade(engine)
+                self._migrate(engine)
                 queue = JobQueue(session_factory(engine))
                 if s.intake_only:
                     generator = None
@@ -139,6 +140,17 @@ class Daemon:
             engine.dispose()
             self.notifier.close()
 
+    def _migrate(self, engine) -> None:
+        """Migrate, and make sure the database takes writes before the slow model load."""
+        try:
+            upgrade(engine)
+            problem = unwritable_reason(engine)
+        except (OperationalError, OSError) as exc:  # e.g. a read-only file whose schema is behind
+            problem = cannot_write(engine, exc)
+        if problem:
+            log.error("database_unwritable", detail=problem)
+            raise I2vdError(problem)
+
     def _start_metrics(self, queue: JobQueue, device) -> MetricsServer | None:
         s = self.settings
         if not s.metrics_enabled:
@@ -147,8 +159,10 @@ class Daemon:
         try:
             server = MetricsServer(host, port, queue.counts, device)
         except OSError as exc:
-            raise I2vdError(f"cannot serve metrics on {s.metrics_address} ({exc.strerror or exc}); set "
-                            "I2VD_METRICS_ADDRESS to a free address or I2VD_METRICS_ENABLED=false") from None
+            message = (f"cannot serve metrics on {s.metrics_address} ({exc.strerror or exc}); set "
+                       "I2VD_METRICS_ADDRESS to a free address or I2VD_METRICS_ENABLED=false")
+            log.error("metrics_bind_failed", address=s.metrics_address, detail=message)  # the log file too
+            raise I2vdError(message) from None
         log.info("metrics_serving", url=f"http://{s.metrics_address.rpartition(':')[0]}:{server.port}/metrics")
         return server
 
