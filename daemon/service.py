@@ -223,11 +223,11 @@ class Daemon:
                         next_recovery = now + recovery_interval
                         recover_jobs(queue, s.max_crash_attempts)
                         intake.recover(older_than=timedelta(seconds=s.lease_seconds))
+                    if now >= next_status:
+                        next_status = now + STATUS_INTERVAL
+                        self._update_status(queue, worker)  # reads the queue: inside the try too
                 except Exception:  # e.g. the database briefly unreachable: log, keep serving
                     log.exception("loop_error")
-                if now >= next_status:
-                    self._update_status(queue, worker)
-                    next_status = now + STATUS_INTERVAL
                 wait = min(due, MAX_LOOP_SLEEP)
                 if ping_every is not None:
                     # Pinged from this loop, not a helper thread: a loop that hangs stops the pings.
@@ -238,6 +238,7 @@ class Daemon:
                 self.loop_wake.wait(wait)
                 self.loop_wake.clear()
         finally:
+            self.stop.set()  # also when the loop itself failed: the worker thread must end, not wait forever
             self.notifier.stopping(self._stopping_line(worker))
             observer.stop()
             if worker is not None:

@@ -10,10 +10,13 @@ from daemon.db import make_engine, session_factory
 from daemon.models import JobState
 from daemon.queue import JobQueue
 from outage_support import outage
+from test_service import NotifyListener
 
 
 def test_the_daemon_rides_out_a_database_outage(dirs, run_daemon, postgres_url):
-    env = daemon_env(dirs, I2VD_DATABASE_URL=postgres_url, I2VD_LEASE_SECONDS="6")
+    listener = NotifyListener()  # as under systemd: the loop also sends STATUS= lines from the queue
+    env = daemon_env(dirs, I2VD_DATABASE_URL=postgres_url, I2VD_LEASE_SECONDS="6",
+                     NOTIFY_SOCKET=listener.address)
     daemon = run_daemon(env)
     daemon.wait_ready()
 
@@ -27,6 +30,7 @@ def test_the_daemon_rides_out_a_database_outage(dirs, run_daemon, postgres_url):
                      what="the pair dropped during the outage")
     assert probe(video)[0] == 8
     assert daemon.stop() == 0
+    listener.close()
 
     events = [json.loads(line) for line in (dirs["state"] / "i2vd.log").read_text().splitlines()]
     assert any(e["level"] in ("warning", "error") and e["event"] in ("worker_error", "loop_error", "task_failed")
