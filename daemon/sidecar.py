@@ -102,9 +102,14 @@ def parse_sidecar(raw: bytes) -> Sidecar:
                             hint='A minimal sidecar is {"prompt": "waves rolling onto a beach"}.')
     try:
         data = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_unique_keys)
+        # JSON allows escapes of half a character ("\ud800"); no text column or file name does.
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
     except UnicodeDecodeError as exc:
         raise InputRejected("invalid_json", f"The sidecar is not UTF-8 text ({exc.reason}).",
                             hint="Save the sidecar as UTF-8 JSON.") from None
+    except UnicodeEncodeError:
+        raise InputRejected("invalid_json", "The sidecar holds a lone surrogate escape (\\ud800 to \\udfff), "
+                            "which is not a character.", hint="Save the sidecar as UTF-8 JSON.") from None
     except json.JSONDecodeError as exc:
         raise InputRejected(
             "invalid_json",
@@ -120,11 +125,6 @@ def parse_sidecar(raw: bytes) -> Sidecar:
     except RecursionError:
         raise InputRejected("invalid_json", "The sidecar nests arrays or objects too deeply to read.",
                             hint='A sidecar is one flat object, e.g. {"prompt": "waves rolling onto a beach"}.') from None
-    try:  # JSON allows escapes of half a character ("\ud800"); no text column or file name does
-        json.dumps(data, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise InputRejected("invalid_json", "The sidecar holds a lone surrogate escape (\\ud800 to \\udfff), "
-                            "which is not a character.", hint="Save the sidecar as UTF-8 JSON.") from None
     if not isinstance(data, dict):
         raise InputRejected(
             "sidecar_not_object",
