@@ -275,10 +275,12 @@ class Intake:
             self._seen.pop(p, None)
 
     def _retrack(self, paths: list[Path]) -> None:
-        """Look at these files afresh: judged again after one settle window."""
+        """Judge these files again after one settle window (a lone half keeps its pair timeout)."""
         for p in paths:
-            self._seen.pop(p, None)
+            old = self._seen.pop(p, None)
             self._observe(p)
+            if old is not None and (seen := self._seen.get(p)) is not None:
+                seen.first_seen, seen.announced = old.first_seen, old.announced
 
     def _attempt_failed(self, directory: Path, stem: str, paths: list[Path], exc: Exception) -> float:
         """An unexpected error on one pair: try again after a settle window, at most MAX_ATTEMPTS times."""
