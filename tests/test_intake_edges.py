@@ -303,6 +303,27 @@ def test_renamed_pair_is_taken_at_once_written_pair_after_settle(harness):
     assert time.monotonic() - started >= 3.0
 
 
+def test_rename_from_elsewhere_on_the_same_file_system_is_taken_at_once(harness, tmp_path):
+    h = harness(settle_seconds=3.0)
+    elsewhere = tmp_path / "elsewhere"
+    image, sidecar = write_image(elsewhere / "moved.png"), write_sidecar(elsewhere / "moved.json")
+    started = time.monotonic()
+    os.rename(image, h.inbox / "moved.png")
+    os.rename(sidecar, h.inbox / "moved.json")
+    h.pump_until(lambda: h.jobs(JobState.QUEUED), timeout=10)
+    assert time.monotonic() - started < 1.0
+
+
+def test_file_changed_after_its_rename_waits_for_the_settle_window(harness):
+    h = harness(settle_seconds=1.5)
+    drop_pair(h.inbox, "touched")
+    with open(h.inbox / "touched.json", "a") as fh:  # appended to right after the rename
+        fh.write(" ")
+    started = time.monotonic()
+    h.pump_until(lambda: h.jobs(JobState.QUEUED), timeout=10)
+    assert time.monotonic() - started >= 1.5
+
+
 def test_polling_mode_keeps_the_settle_window_for_renames(harness):
     h = harness(observer="polling", poll_interval_seconds=0.1, settle_seconds=1.5)
     started = time.monotonic()
