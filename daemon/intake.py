@@ -96,6 +96,7 @@ class Intake:
         self.stats = IntakeStats()
         self._seen: dict[Path, _Seen] = {}
         self._attempts: dict[tuple[Path, str], int] = {}  # unexpected errors per (folder, stem)
+        self._names_by_folded: dict[tuple[Path, str], list[str]] = {}  # this tick's names by case-folded stem
         # Filled by the watcher thread, under the lock.
         self._dirty: set[Path] = set()
         self._arrived: set[Path] = set()
@@ -206,6 +207,10 @@ class Intake:
             # The exact stem: Beach.png and beach.png are two different files on Linux.
             groups.setdefault((path.parent, _stem(path.name)), []).append(path)
         self._attempts = {key: n for key, n in self._attempts.items() if key in groups}
+        # Before any group leaves: a lone half's hint names its twin in another case.
+        self._names_by_folded = {}
+        for (directory, stem), paths in groups.items():
+            self._names_by_folded.setdefault((directory, stem.casefold()), []).extend(p.name for p in paths)
 
         next_due = self.settings.settle_seconds
         for (directory, stem), paths in groups.items():
@@ -249,12 +254,12 @@ class Intake:
         elif pair.image:
             self._reject(pair, InputRejected(
                 "missing_sidecar", f"{pair.image.name} waited {timeout:g} s for {stem}.json, which never came.",
-                hint=f"Drop {stem}.json with at least a prompt, or configure default_prompt."))
+                hint=self._case_hint(pair) or f"Drop {stem}.json with at least a prompt, or configure default_prompt."))
         else:
             self._reject(pair, InputRejected(
                 "missing_image", f"{pair.sidecar.name} waited {timeout:g} s for its image "
                 f"({stem}.png/.jpg/.jpeg/.webp), which never came.",
-                hint="Drop the image under the same name as the sidecar."))
+                hint=self._case_hint(pair) or "Drop the image under the same name as the sidecar."))
         return settle
 
     def _announce_waiting(self, pair: _Pair, paths: list[Path], left: float) -> None:
@@ -268,7 +273,17 @@ class Intake:
         fallback = " (then default_prompt is used)" if pair.image and self.settings.default_prompt else ""
         log.info("pair_waiting", file=shown(str(present.relative_to(self.settings.inbox_dir))),
                  waiting_for=shown(wanted), seconds_left=round(left),
-                 detail=f"failed after pair_timeout_seconds unless the other half comes{fallback}")
+                 detail=self._case_hint(pair)
+                 or f"failed after pair_timeout_seconds unless the other half comes{fallback}")
+
+    def _case_hint(self, pair: _Pair) -> str | None:
+        """Names pair exactly, case included; say so when the other half is there in another case."""
+        twins = sorted(shown(name) for name in self._names_by_folded.get((pair.directory, pair.stem.casefold()), [])
+                       if _stem(name) != pair.stem)
+        if not twins:
+            return None
+        return (f"{', '.join(twins)} differs only in upper/lower case; image and sidecar must have "
+                "exactly the same name: rename one of them.")
 
     def _finish(self, paths: list[Path]) -> None:
         for p in paths:
@@ -444,7 +459,9 @@ def idempotency_key(inbox: Path, files: list[Path]) -> str:
     digest = hashlib.sha256()
     for path in files:
         st = os.lstat(path)
-        digest.update(os.fsencode(path.relative_to(inbox)) + f"\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        # fsencode: the name's bytes as the OS gave them (the same bytes as str.encode for UTF-8)
+        identity = f"\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0".encode()
+        digest.update(os.fsencode(path.relative_to(inbox)) + identity)
     return digest.hexdigest()
 
 

@@ -124,7 +124,7 @@ def parse_sidecar(raw: bytes) -> Sidecar:
                             hint="Numbers in a sidecar are small: check seed, steps and the like.") from None
     except RecursionError:
         raise InputRejected("invalid_json", "The sidecar nests arrays or objects too deeply to read.",
-                            hint='A sidecar is one flat object, e.g. {"prompt": "waves rolling onto a beach"}.') from None
+                            hint='A sidecar is one flat object: {"prompt": "waves rolling onto a beach"}.') from None
     if not isinstance(data, dict):
         raise InputRejected(
             "sidecar_not_object",

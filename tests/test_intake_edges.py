@@ -154,6 +154,16 @@ def test_names_differing_only_by_case_are_two_pairs(harness):
     assert inbox_names(h) == set()
 
 
+def test_halves_differing_only_by_case_say_why_they_never_pair(harness):
+    h = harness(pair_timeout_seconds=1.0)
+    write_image(h.inbox / "Photo.png")
+    write_sidecar(h.inbox / "photo.json")
+    h.pump_until(lambda: len(h.failed_codes()) == 2)
+    assert h.failed_codes() == {"Photo": "missing_sidecar", "photo": "missing_image"}
+    assert "photo.json differs only in upper/lower case" in error_report(h, "Photo")["hint"]
+    assert "Photo.png differs only in upper/lower case" in error_report(h, "photo")["hint"]
+
+
 # -- unexpected errors ------------------------------------------------------------------------------
 
 
