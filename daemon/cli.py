@@ -241,14 +241,24 @@ def _queue(settings: Settings):
 def cmd_status(settings: Settings, args) -> int:
     from daemon.queue import JobQueue
 
+    from daemon.intake import lone_halves
+
     sessions = _sessions(settings)
     queue = JobQueue(sessions)
+
+    def text() -> str:
+        # Counted on disk, not asked of the daemons: every daemon sees the same inbox, an
+        # intake-only one included, and the files are the truth (README: status).
+        first, _, rest = _status_text(queue, sessions, args.limit, settings.lease_seconds).partition("\n")
+        waiting = lone_halves(settings)
+        return "\n".join(filter(None, [first, f"waiting for its other half: {waiting}" if waiting else "", rest]))
+
     if not args.watch:
-        print(_status_text(queue, sessions, args.limit, settings.lease_seconds))
+        print(text())
         return 0
     try:
         while True:
-            print("\033[H\033[J" + _status_text(queue, sessions, args.limit, settings.lease_seconds), flush=True)
+            print("\033[H\033[J" + text(), flush=True)
             time.sleep(1)
     except KeyboardInterrupt:
         return 0
