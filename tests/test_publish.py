@@ -197,6 +197,7 @@ def test_files_follow_the_umask(tmp_path, umask, mode):
 
 def test_submit_writes_with_the_users_umask(tmp_path):
     dirs = {name: tmp_path / name for name in ("inbox", "outputs", "state")}
+    dirs["inbox"].mkdir()  # submit writes into an existing inbox only
     image = write_image(tmp_path / "beach.png")
     result = subprocess.run([sys.executable, "-m", "daemon.cli", "submit", str(image), "--prompt", "waves"],
                             env=daemon_env(dirs), capture_output=True, text=True, preexec_fn=lambda: os.umask(0o002))
