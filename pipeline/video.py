@@ -19,9 +19,8 @@ import imageio_ffmpeg
 import numpy as np
 
 from pipeline.errors import EncodeError
-from pipeline.params import GenerationParams
+from pipeline.params import INTERPOLATION_FACTORS, GenerationParams
 
-INTERPOLATION_FACTORS = (1, 2, 4)
 INTERPOLATION_METHOD = "ffmpeg-minterpolate"
 # Motion-compensated interpolation with adaptive overlapped blocks and bidirectional search: the
 # settings ffmpeg's documentation gives for the smoothest result. `tpad` clones the last frame twice so
