@@ -22,9 +22,9 @@ from pipeline.errors import EncodeError
 from pipeline.params import INTERPOLATION_FACTORS, GenerationParams
 
 INTERPOLATION_METHOD = "ffmpeg-minterpolate"
-# Motion-compensated interpolation with adaptive overlapped blocks and bidirectional search: the
-# settings ffmpeg's documentation gives for the smoothest result. `tpad` clones the last frame twice so
-# minterpolate has a pair to interpolate up to the end; `-frames:v` then trims to exactly k·N frames.
+# Motion-compensated interpolation with adaptive overlapped blocks and bidirectional motion search,
+# the usual choice for smooth motion. minterpolate emits nothing after the last pair of input frames,
+# so `tpad` clones the last frame twice to carry it to the end; `-frames:v` then cuts exactly k·N.
 _MINTERPOLATE = "tpad=stop_mode=clone:stop=2,minterpolate=fps={fps}:mi_mode=mci:mc_mode=aobmc:me_mode=bidir:vsbmc=1"
 
 # The keys the MP4 muxer stores as standard iTunes-style atoms (©nam, ©cmt, desc, ...), which every
