@@ -7,7 +7,7 @@ import PIL.Image
 import pytest
 
 from pipeline.previews import write_poster, write_preview
-from tests.video_support import noise, solid_colours
+from video_support import noise, solid_colours
 
 
 def decoded_frames(path) -> list[np.ndarray]:

@@ -12,8 +12,8 @@ import pytest
 from pipeline.errors import EncodeError, PipelineError
 from pipeline.params import GenerationParams
 from pipeline.video import encode_mp4, parse_ffmetadata, plan_interpolation, video_tags
-from tests.conftest import probe
-from tests.video_support import ffmpeg_wrapper, moving_square, noise, square_x
+from conftest import probe
+from video_support import ffmpeg_wrapper, moving_square, noise, square_x
 
 
 def ffmetadata(path) -> dict[str, str]:
