@@ -9,10 +9,10 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
+from conftest import probe
 from pipeline.errors import EncodeError, PipelineError
 from pipeline.params import GenerationParams
 from pipeline.video import encode_mp4, parse_ffmetadata, plan_interpolation, video_tags
-from conftest import probe
 from video_support import ffmpeg_wrapper, moving_square, noise, square_x
 
 
