@@ -6,10 +6,9 @@ import os
 import socket
 from pathlib import Path
 
-from daemon.files import write_json_atomic
 from daemon.logs import get_logger
-from daemon.models import Job, utcnow
-from daemon.outputs import sweep_temporaries
+from daemon.models import utcnow
+from daemon.outputs import OutputPaths, discard_set, finish_set, sweep_temporaries
 from daemon.queue import JobQueue
 
 log = get_logger("i2vd.recovery")
@@ -34,8 +33,9 @@ def owner_is_dead(owner: str | None) -> bool:
 
 
 def recover_jobs(queue: JobQueue, max_crash_attempts: int) -> list[int]:
-    """Return abandoned running jobs to the queue, finish them if their video was published, or
-    fail them as poison when they have now crashed their worker `max_crash_attempts` times.
+    """Return abandoned running jobs to the queue, finish them if their output set was published
+    (or only its metadata's rename is missing; a set left partial is removed), or fail them as
+    poison when they have now crashed their worker `max_crash_attempts` times.
 
     Every daemon on every host runs this; a job running on another live host is never touched
     (its lease is renewed), and of two daemons recovering the same job only one wins; the winner
@@ -50,9 +50,12 @@ def recover_jobs(queue: JobQueue, max_crash_attempts: int) -> list[int]:
         # The lost owner's attempt; by now the job may be running again under a new one.
         lost = [a for a in job.attempts if a.finished_at is None and a.worker == job.lease_owner]
         crashes = len(lost) + sum(1 for a in job.attempts if a.outcome == "crashed")
-        if job.output_path and Path(job.output_path).is_file():
-            if not _finish_published(queue, job):
+        recorded = OutputPaths.recorded(job.output_path, job.metadata_path)
+        published = recorded is not None and finish_set(job.id, recorded)
+        if published:
+            if not queue.succeed(job.id):
                 continue
+            log.info("job_succeeded", job_id=job.id, output=job.output_path, recovered=True)
         elif crashes >= max_crash_attempts:
             message = (f"poison job: its worker crashed {crashes} times while running it "
                        f"(max_crash_attempts={max_crash_attempts}); not run again")
@@ -64,25 +67,15 @@ def recover_jobs(queue: JobQueue, max_crash_attempts: int) -> list[int]:
                         reason="lease expired" if expired else "worker process died")
         else:
             continue  # another daemon recovered it first, or its owner renewed the lease
+        if recorded is not None and not published:
+            # Only now that the lost worker's attempt cannot publish any more: what it left is garbage.
+            for path in discard_set(job.id, recorded):
+                log.info("output_discarded", job_id=job.id, path=str(path))
         for attempt in lost:
             queue.finish_attempt(attempt.id, "crashed", error_type="WorkerLost",
                                  error_message=f"worker {attempt.worker} stopped without finishing")
         recovered.append(job.id)
     return recovered
-
-
-def _finish_published(queue: JobQueue, job: Job) -> bool:
-    """The worker died after its video was renamed into place: do not make another one."""
-    metadata = Path(job.metadata_path) if job.metadata_path else None
-    if metadata is not None and not metadata.exists():
-        write_json_atomic(metadata, {"job_id": job.id, "video": Path(job.output_path).name,
-                                     "params": job.params, "recovered": True,
-                                     "note": "the worker stopped after publishing the video; "
-                                             "timings and attempts are in `i2vd jobs show`"})
-    if not queue.succeed(job.id):
-        return False
-    log.info("job_succeeded", job_id=job.id, output=job.output_path, recovered=True)
-    return True
 
 
 def sweep_outputs(queue: JobQueue, outputs_dir: Path) -> None:

@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     # Fault injection, for tests on machines without a GPU
     fault_oom_above: int | None = Field(None, description="Raise CUDA OOM above width*height*frames.")
     fault_crash_prompt: str | None = Field(None, description="SIGKILL the worker mid-job on prompts with this.")
+    fault_crash_publish: str | None = Field(None, description="SIGKILL the worker between placing a video and "
+                                            "its metadata, on prompts with this.")
 
     # Service
     metrics_enabled: bool = Field(True, description="Serve Prometheus metrics on metrics_address.")

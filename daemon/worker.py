@@ -17,7 +17,7 @@ from daemon.errors import InputRejected, LadderExhausted
 from daemon.images import load_rgb
 from daemon.logs import get_logger
 from daemon.models import Job, utcnow
-from daemon.outputs import choose_paths, encode_video, publish_outputs
+from daemon.outputs import VIDEO, OutputName, OutputPaths, StagedOutputs, discard_set, finish_set
 from daemon.queue import JobQueue, worker_identity
 from daemon.retry import RetryPolicy
 from daemon.settings import Settings
@@ -25,6 +25,7 @@ from pipeline.errors import GenerationInterrupted
 from pipeline.generate import Progress, VideoGenerator
 from pipeline.oom import OomLadder, Rung, free_memory, is_oom, peak_memory_bytes
 from pipeline.params import GenerationParams
+from pipeline.video import encode_mp4
 
 log = get_logger("i2vd.worker")
 
@@ -109,26 +110,56 @@ class Worker:
                  frames, started: float, lease_lost: threading.Event) -> None:
         generated = time.monotonic()
         self.queue.progress(job.id, "encoding_video")
+        if self._finish_earlier_set(job, attempt):
+            metrics.job_finished("succeeded", time.monotonic() - started)
+            return
         params = rung.params
-        paths = choose_paths(self.settings.outputs_dir, job.output_subdir, self.settings.output_prefix,
-                             job.output_stem, job.created_at.astimezone())
-        tmp = encode_video(job.id, frames, params.fps, paths.video.parent)
-        encoded = time.monotonic()
-        if not self.queue.set_outputs(job.id, str(paths.video), str(paths.metadata), self.owner):
-            tmp.unlink(missing_ok=True)  # another worker took the job over meanwhile and makes its video
+        name = OutputName(self.settings.outputs_dir / job.output_subdir, self.settings.output_prefix,
+                          job.output_stem, job.created_at.astimezone())
+        with StagedOutputs(job.id, name) as staged:
+            encode_mp4(frames, staged.temp(VIDEO), params.fps)
+            encoded = time.monotonic()
+            timings = {"generation_seconds": round(generated - started, 3),
+                       "encoding_seconds": round(encoded - generated, 3)}
+
+            def metadata(paths: OutputPaths) -> dict:
+                document = self._metadata(job, attempt.id, params, paths.video, frames.shape, timings)
+                document["downgrade"] = _downgrade(requested, rung) if tried else None
+                return document
+
+            def record(paths: OutputPaths) -> bool:
+                return self.queue.set_outputs(job.id, str(paths.video), str(paths.metadata), self.owner)
+
+            paths = staged.publish(metadata, record, self._fault_before_commit(job))
+        if paths is None:  # another worker took the job over meanwhile and makes its set
             lease_lost.set()
             raise GenerationInterrupted("the lease was lost before the video was published")
         self.queue.finish_attempt(attempt.id, "succeeded", peak_gpu_memory_bytes=peak_memory_bytes())
-        metadata = self._metadata(job, params, paths.video, frames.shape, {
-            "generation_seconds": round(generated - started, 3),
-            "encoding_seconds": round(encoded - generated, 3),
-        })
-        metadata["downgrade"] = _downgrade(requested, rung) if tried else None
-        publish_outputs(tmp, paths, metadata)
         self.queue.succeed(job.id)
         metrics.job_finished("succeeded", time.monotonic() - started)
         log.info("job_succeeded", job_id=job.id, output=str(paths.video), rung=rung.name,
                  seconds=round(time.monotonic() - started, 3))
+
+    def _finish_earlier_set(self, job: Job, attempt) -> bool:
+        """An earlier attempt recorded a set (then crashed or failed): finish it, or remove what it left."""
+        earlier = OutputPaths.recorded(job.output_path, job.metadata_path)
+        if earlier is None:
+            return False
+        if finish_set(job.id, earlier):
+            self.queue.finish_attempt(attempt.id, "succeeded",
+                                      error_message="an earlier attempt's output set was complete; kept it")
+            self.queue.succeed(job.id)
+            log.info("job_succeeded", job_id=job.id, output=str(earlier.video), earlier_attempt=True)
+            return True
+        for path in discard_set(job.id, earlier):
+            log.info("output_discarded", job_id=job.id, path=str(path))
+        return False
+
+    def _fault_before_commit(self, job: Job):
+        crash = self.settings.fault_crash_publish
+        if not crash or crash not in job.params.get("prompt", ""):
+            return None
+        return lambda: os.kill(os.getpid(), signal.SIGKILL)  # fault injection: a crash between renames
 
     def _interrupted(self, job: Job, attempt, stop: _StopFlags, heartbeat: _Heartbeat) -> None:
         if stop.cancelled:
@@ -187,7 +218,9 @@ class Worker:
 
         return on_progress
 
-    def _metadata(self, job: Job, params: GenerationParams, video: Path, shape, timings: dict) -> dict:
+    def _metadata(self, job: Job, attempt_id: int, params: GenerationParams, video: Path, shape,
+                  timings: dict) -> dict:
+        """The set's JSON; it lists the attempt that made the set as succeeded, as the database will."""
         finished = utcnow()
         return {
             "job_id": job.id,
@@ -198,6 +231,7 @@ class Worker:
             "fps": params.fps,
             "params": params.to_dict(),
             "inputs": {
+                "name": job.output_stem,  # in full: the file names may be cut to fit the file system
                 "image": Path(job.source_image).name,
                 "sidecar": Path(job.source_sidecar).name if job.source_sidecar else None,
                 "image_path": job.image_path,
@@ -215,16 +249,20 @@ class Worker:
                 "finished_at": finished.isoformat(),
                 **timings,
             },
-            "attempts": [
-                {"number": a.number, "worker": a.worker, "gpu": a.worker_record.gpu if a.worker_record else None,
-                 "rung": a.rung, "params": a.params,
-                 "outcome": a.outcome, "error": a.error_message,
-                 "started_at": a.started_at.isoformat(),
-                 "finished_at": a.finished_at.isoformat() if a.finished_at else None}
-                for a in self.queue.get(job.id).attempts
-            ],
+            "attempts": [_attempt_summary(a, finished if a.id == attempt_id else None)
+                         for a in self.queue.get(job.id).attempts],
             "versions": dict(package_versions()),
         }
+
+
+def _attempt_summary(a, succeeded_at=None) -> dict:
+    """One attempt for the metadata; `succeeded_at` for the attempt whose set this is, not yet closed."""
+    finished_at = succeeded_at or a.finished_at
+    return {"number": a.number, "worker": a.worker, "gpu": a.worker_record.gpu if a.worker_record else None,
+            "rung": a.rung, "params": a.params,
+            "outcome": "succeeded" if succeeded_at else a.outcome, "error": a.error_message,
+            "started_at": a.started_at.isoformat(),
+            "finished_at": finished_at.isoformat() if finished_at else None}
 
 
 def _exhausted_message(requested: GenerationParams, tried: list[Rung]) -> str:

@@ -9,16 +9,19 @@ from datetime import datetime
 import pytest
 
 from daemon.files import publish, temp_path
-from daemon.outputs import choose_paths, sweep_temporaries, temp_label
+from daemon.outputs import METADATA, VIDEO, OutputName, sweep_temporaries, temp_label
 
 
 def test_names_are_unique_and_prefixed(tmp_path):
     when = datetime(2026, 11, 22, 8, 30, 5)
-    first = choose_paths(tmp_path, "proj", "i2v_", "beach", when)
+    name = OutputName(tmp_path / "proj", "i2v_", "beach", when)
+    (tmp_path / "proj").mkdir()
+    first = name.choose((VIDEO, ".jpg", METADATA))
     assert first.video == tmp_path / "proj" / "i2v_beach_20261122_083005.mp4"
-    first.metadata.write_text("{}")  # either file taken makes the name taken
-    second = choose_paths(tmp_path, "proj", "i2v_", "beach", when)
+    first.path(".jpg").write_text("")  # any file of the set taken makes the name taken
+    second = name.choose((VIDEO, ".jpg", METADATA))
     assert second.video.name == "i2v_beach_20261122_083005-1.mp4"
+    assert second.metadata.name == "i2v_beach_20261122_083005-1.json"
 
 
 def test_publish_never_overwrites(tmp_path):

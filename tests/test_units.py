@@ -55,6 +55,7 @@ def test_install_systemd_writes_this_installs_paths(rendered):
         assert d["ExecReload"] == ["/bin/kill -HUP $MAINPID"] and d["WatchdogSec"]
         assert "MemoryDenyWriteExecute" not in d and "PrivateDevices" not in d  # both break CUDA
         assert d["DevicePolicy"] == ["closed"] and "char-nvidia-uvm rw" in d["DeviceAllow"]
+        assert d["UMask"] == ["0002"]  # a shared group can read and write what the daemon makes
     template = directives(rendered / "i2vd@.service")
     assert "CUDA_VISIBLE_DEVICES=%i" in template["Environment"]
     assert "I2VD_LOG_FILE=/var/log/i2vd/i2vd-%i.log" in template["Environment"]
