@@ -163,20 +163,31 @@ def encode_mp4(frames: np.ndarray, path: Path, fps: int, *, tags: Mapping[str, s
 
 
 def probe_mp4(path: Path) -> VideoInfo:
-    """Decode every frame of `path` to count them; EncodeError when ffmpeg cannot read it."""
+    """Decode every frame of `path`; EncodeError when ffmpeg cannot, or reports any decoding error.
+
+    ffmpeg's `framecrc` output is a stable text format: a `#tb` (time base) and `#dimensions` header,
+    then one line per decoded frame with its duration in time-base units. It runs to completion with
+    no timeout, so a busy machine is slow here, never wrong.
+    """
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-xerror",
+           "-i", str(path), "-map", "0:v:0", "-f", "framecrc", "-"]
+    result = subprocess.run(cmd, capture_output=True, check=False)
+    if result.returncode != 0:
+        raise EncodeError(f"ffmpeg cannot read {path.name} back: {_exit_reason(result)}")
+    header, durations = {}, []
+    for line in result.stdout.decode("ascii", errors="replace").splitlines():
+        if line.startswith("#"):
+            key, _, value = line[1:].partition(":")
+            header[key.strip()] = value.strip()
+        elif line.strip():
+            durations.append(int(line.split(",")[3]))
     try:
-        size_bytes = path.stat().st_size
-        # Grey frames: decoding is the check, the pixels are not needed, and they are a third the bytes.
-        reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="gray", bpp=1)
-        try:
-            meta = next(reader)
-            frames = sum(1 for _ in reader)
-        finally:
-            reader.close()
-        width, height = meta["size"]
-        return VideoInfo(frames, float(meta["fps"]), int(width), int(height), size_bytes)
-    except (OSError, RuntimeError, ValueError, KeyError, StopIteration) as exc:
-        raise EncodeError(f"ffmpeg cannot read {path.name} back: {_ffmpeg_complaint(str(exc))}") from None
+        tb_num, tb_den = (int(part) for part in header["tb 0"].split("/"))
+        width, height = (int(part) for part in header["dimensions 0"].split("x"))
+    except (KeyError, ValueError):
+        raise EncodeError(f"ffmpeg found no video stream in {path.name}") from None
+    fps = tb_den / (tb_num * durations[0]) if durations else 0.0
+    return VideoInfo(len(durations), fps, width, height, path.stat().st_size)
 
 
 def read_tags(path: Path) -> dict[str, str]:
