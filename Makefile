@@ -4,13 +4,18 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION := 2.13.0
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean constraints
 
-$(BIN)/i2vd: pyproject.toml
+# Made only when missing: `python -m venv` on an existing venv would turn off the
+# --system-site-packages that README tells GPU users to create it with (hiding the host's CUDA torch).
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
+
+$(BIN)/i2vd: pyproject.toml constraints.txt | $(BIN)/python
 	@# Only where no torch is importable: 2.13.0 (a CPU wheel here; CUDA wheels on a GPU machine).
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "torch==$(TORCH_VERSION)"
-	$(BIN)/pip install -e ".[test]"
+	@# The versions the tests last passed with (torch excepted: whatever the host has).
+	$(BIN)/pip install -c constraints.txt -e ".[test]"
 	touch $@
 
 install: $(BIN)/i2vd
@@ -22,6 +27,12 @@ demo: $(BIN)/i2vd
 
 test: $(BIN)/i2vd
 	$(BIN)/python -m pytest
+
+# After the tests pass with new versions: record them. torch and what only torch needs stay the host's.
+constraints: $(BIN)/i2vd
+	{ echo "# pip freeze of a venv the tests passed in, minus torch and its own dependencies (\`make constraints\`)."; \
+	  $(BIN)/pip freeze --local --exclude-editable | grep -vE '^#|^-e ' \
+	  | grep -viE '^(torch|triton|sympy|mpmath|networkx|nvidia-[a-z0-9-]+|i2vd)=='; } > constraints.txt
 
 clean:
 	rm -rf $(VENV) state

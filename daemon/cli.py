@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -13,7 +14,7 @@ from pydantic import ValidationError
 
 from daemon import __version__
 from daemon.errors import I2vdError, InputRejected
-from daemon.files import publish, temp_path, unique_stem, write_atomic
+from daemon.files import publish, temp_path, unique_stem
 from daemon.images import is_image_name
 from daemon.models import Job, JobState, utcnow
 from daemon.settings import Settings, describe_error, load_settings
@@ -30,12 +31,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"i2vd: invalid settings: {describe_error(exc)}", file=sys.stderr)
         return 2
     try:
-        return args.func(settings, args)
+        status = args.func(settings, args)
+        sys.stdout.flush()  # here, where a closed pipe can still be handled, not at interpreter exit
+        return status
     except (ModelUnavailable, I2vdError) as exc:
         print(f"i2vd: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `i2vd status | head -1`: the reader left. Python's documented way: point stdout at devnull so
+        # the final flush cannot fail again, and exit quietly (docs.python.org, signal, "Note on SIGPIPE").
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,44 +55,48 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon in the foreground")
     run.set_defaults(func=cmd_run)
 
-    submit = sub.add_parser("submit", help="drop an image and its sidecar into the inbox, safely")
-    submit.add_argument("image", type=Path)
-    submit.add_argument("--prompt", required=True)
-    submit.add_argument("--name", help="file stem in the inbox (default: the image's)")
-    submit.add_argument("--negative-prompt")
-    submit.add_argument("--preset", choices=sorted(PRESETS))
-    submit.add_argument("--resolution")
-    submit.add_argument("--width", type=int)
-    submit.add_argument("--height", type=int)
-    submit.add_argument("--num-frames", type=int)
-    submit.add_argument("--fps", type=int)
-    submit.add_argument("--steps", type=int)
-    submit.add_argument("--guidance-scale", type=float)
-    submit.add_argument("--seed", type=int)
-    submit.add_argument("--output-name")
-    submit.add_argument("--priority", type=int)
+    submit = sub.add_parser("submit", help="drop an image and its sidecar into the inbox, safely",
+                            description="Validate the parameters, then write IMAGE and its sidecar into the "
+                            "inbox under hidden temporary names and rename them into place. Options left out "
+                            "take the preset's value (or the daemon's default_* settings).")
+    submit.add_argument("image", type=Path, help="a .png, .jpg, .jpeg or .webp file")
+    submit.add_argument("--prompt", required=True, help="what should happen in the video")
+    submit.add_argument("--name", help="file stem in the inbox, and so of the output (default: the image's); "
+                        "a plain name, not hidden; -1, -2 ... is added if taken")
+    submit.add_argument("--negative-prompt", help="what the video should avoid")
+    submit.add_argument("--preset", choices=sorted(PRESETS), help="resolution, frames and steps in one word")
+    submit.add_argument("--resolution", help="256, 512, 768 or 1024 (square); or give --width and --height")
+    submit.add_argument("--width", type=int, help="pixels, a multiple of 8 from 32 to 2048 (with --height)")
+    submit.add_argument("--height", type=int, help="pixels, a multiple of 8 from 32 to 2048 (with --width)")
+    submit.add_argument("--num-frames", type=int, help="frames in the video, 8 to 32")
+    submit.add_argument("--fps", type=int, help="frames per second of the MP4, 4 to 30")
+    submit.add_argument("--steps", type=int, help="denoising steps, 10 to 150: more is slower and finer")
+    submit.add_argument("--guidance-scale", type=float, help="how closely to follow the prompt, 1 to 20")
+    submit.add_argument("--seed", type=int, help="random seed, for a reproducible video (default: drawn)")
+    submit.add_argument("--output-name", help="stem of the output files (default: the inbox stem)")
+    submit.add_argument("--priority", type=int, help="-10 to 10; higher runs first (default 0)")
     submit.set_defaults(func=cmd_submit)
 
     status = sub.add_parser("status", help="queue counts, the running job's progress, the latest jobs")
-    status.add_argument("--limit", type=int, default=10)
+    status.add_argument("--limit", type=int, default=10, help="latest jobs shown (default: %(default)s)")
     status.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
     status.set_defaults(func=cmd_status)
 
     cancel = sub.add_parser("cancel", help="cancel a queued job, or stop a running one at its next step")
-    cancel.add_argument("job_id", type=int)
+    cancel.add_argument("job_id", type=int, help="the job's ID (see `i2vd status`)")
     cancel.set_defaults(func=cmd_cancel)
 
     retry = sub.add_parser("retry", help="queue a failed or cancelled job again, as a new linked job")
-    retry.add_argument("job_id", type=int)
+    retry.add_argument("job_id", type=int, help="the failed or cancelled job's ID")
     retry.set_defaults(func=cmd_retry)
 
     jobs = sub.add_parser("jobs", help="job history").add_subparsers(required=True, metavar="ACTION")
     show = jobs.add_parser("show", help="one job with its attempts")
-    show.add_argument("job_id", type=int)
+    show.add_argument("job_id", type=int, help="the job's ID")
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=cmd_jobs_show)
     listing = jobs.add_parser("list", help="recent jobs with their attempts")
-    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--limit", type=int, default=20, help="jobs shown (default: %(default)s)")
     listing.set_defaults(func=cmd_jobs_list)
 
     db = sub.add_parser("db", help="database schema").add_subparsers(required=True, metavar="ACTION")
@@ -113,8 +125,15 @@ def cmd_run(settings: Settings, args) -> int:
 
 def cmd_submit(settings: Settings, args) -> int:
     image: Path = args.image
-    if not image.is_file() or not is_image_name(image.name):
-        print(f"i2vd: {image} is not a .png, .jpg, .jpeg or .webp file", file=sys.stderr)
+    problem = _image_problem(image)
+    if problem:
+        print(f"i2vd: {problem}", file=sys.stderr)
+        return 2
+    suffix = image.suffix.lower()
+    name = args.name if args.name is not None else image.stem
+    if _name_problem(name, suffix):
+        what = "--name" if args.name is not None else f"the image's name {name!r} (give --name)"
+        print(f"i2vd: {what}: {_name_problem(name, suffix)}", file=sys.stderr)
         return 2
     fields = {
         "prompt": args.prompt, "negative_prompt": args.negative_prompt, "preset": args.preset,
@@ -127,24 +146,85 @@ def cmd_submit(settings: Settings, args) -> int:
     try:
         parse_sidecar(raw)  # the daemon would reject it anyway; say so now
     except InputRejected as exc:
-        print(f"i2vd: {exc}", file=sys.stderr)
+        print(f"i2vd: {_flag_errors(exc)}", file=sys.stderr)
         return 2
     inbox = settings.inbox_dir
-    inbox.mkdir(parents=True, exist_ok=True)
-    suffix = image.suffix.lower()
-    stem = unique_stem(inbox, args.name or image.stem, (suffix, ".json"))
-    # Hidden temporary names first, renamed into place: intake never sees half a file.
-    tmp = temp_path(inbox, "submit")
-    shutil.copyfile(image, tmp)
-    publish(tmp, inbox / f"{stem}{suffix}")
-    write_atomic(inbox / f"{stem}.json", raw)
+    if not inbox.is_dir():
+        # Not created here: a typo in I2VD_INBOX_DIR would otherwise swallow the pair unseen.
+        print(f"i2vd: the inbox {inbox} does not exist: check I2VD_INBOX_DIR (or --config); "
+              "`i2vd run` creates it at start", file=sys.stderr)
+        return 2
+    stem = unique_stem(inbox, name, (suffix, ".json"))
+    try:
+        _write_pair(image, raw, inbox / f"{stem}{suffix}", inbox / f"{stem}.json")
+    except OSError as exc:
+        print(f"i2vd: cannot write into the inbox {inbox}: {exc.strerror or exc}; check its permissions "
+              "(and that you are in the group that shares it)", file=sys.stderr)
+        return 2
     print(f"submitted {inbox / (stem + suffix)} and {inbox / (stem + '.json')}")
     return 0
 
 
-def _sessions(settings: Settings):
-    from daemon.db import make_engine, schema_revision, session_factory
+def _image_problem(image: Path) -> str | None:
+    if not image.exists():
+        return f"{image} does not exist"
+    if not image.is_file():
+        return f"{image} is not a file"
+    if not is_image_name(image.name):
+        return f"{image} is not a .png, .jpg, .jpeg or .webp file"
+    return None
 
+
+def _name_problem(stem: str, suffix: str) -> str | None:
+    """Why intake would never see `stem` as a pair in the inbox itself, if it would not."""
+    from daemon.intake import is_temporary_name
+
+    if not stem or stem in (".", "..") or any(c in stem for c in "/\\") or not stem.isprintable():
+        return "must be a plain file name: no '/', '\\' or control characters"
+    if is_temporary_name(stem + suffix) or is_temporary_name(stem + ".json"):
+        return "hidden or temporary-looking names (leading '.' or '~$', trailing '~') are ignored by the inbox"
+    return None
+
+
+def _flag_errors(exc: InputRejected) -> str:
+    """The sidecar's field errors in the words of the flags that set them."""
+    if not exc.field_errors:
+        return str(exc)
+    return "; ".join(f"--{e['field'].replace('_', '-')}: {e['message']}" if e["field"] in _FLAG_FIELDS
+                     else e["message"] for e in exc.field_errors)
+
+
+_FLAG_FIELDS = frozenset({"prompt", "negative_prompt", "preset", "resolution", "width", "height", "num_frames",
+                          "fps", "steps", "guidance_scale", "seed", "output_name", "priority"})
+
+
+def _write_pair(image: Path, sidecar: bytes, image_dest: Path, sidecar_dest: Path) -> None:
+    """Both files under hidden temporary names first, then renamed into place image first: intake
+    never sees half a file, and a failure leaves nothing behind."""
+    tmp_image = tmp_sidecar = None
+    published: list[Path] = []
+    try:
+        tmp_image = temp_path(image_dest.parent, "submit")
+        shutil.copyfile(image, tmp_image)
+        tmp_sidecar = temp_path(image_dest.parent, "submit")
+        tmp_sidecar.write_bytes(sidecar)
+        publish(tmp_image, image_dest)
+        published.append(image_dest)
+        publish(tmp_sidecar, sidecar_dest)
+    except BaseException:
+        for path in (tmp_image, tmp_sidecar, *published):
+            if path is not None:
+                path.unlink(missing_ok=True)
+        raise
+
+
+def _sessions(settings: Settings):
+    from daemon.db import make_engine, schema_revision, session_factory, sqlite_path
+
+    db_file = sqlite_path(settings.database_url)
+    if db_file is not None and not db_file.exists():  # reading must not leave an empty database behind
+        raise I2vdError(f"no database yet at {db_file}: no daemon has run with these settings (check "
+                        "I2VD_STATE_DIR or I2VD_DATABASE_URL); `i2vd run` creates it")
     engine = make_engine(settings.database_url)
     current, head = schema_revision(engine)
     if current != head:
@@ -161,14 +241,24 @@ def _queue(settings: Settings):
 def cmd_status(settings: Settings, args) -> int:
     from daemon.queue import JobQueue
 
+    from daemon.intake import lone_halves
+
     sessions = _sessions(settings)
     queue = JobQueue(sessions)
+
+    def text() -> str:
+        # Counted on disk, not asked of the daemons: every daemon sees the same inbox, an
+        # intake-only one included, and the files are the truth (README: status).
+        first, _, rest = _status_text(queue, sessions, args.limit, settings.lease_seconds).partition("\n")
+        waiting = lone_halves(settings)
+        return "\n".join(filter(None, [first, f"waiting for its other half: {waiting}" if waiting else "", rest]))
+
     if not args.watch:
-        print(_status_text(queue, sessions, args.limit, settings.lease_seconds))
+        print(text())
         return 0
     try:
         while True:
-            print("\033[H\033[J" + _status_text(queue, sessions, args.limit, settings.lease_seconds), flush=True)
+            print("\033[H\033[J" + text(), flush=True)
             time.sleep(1)
     except KeyboardInterrupt:
         return 0
@@ -261,13 +351,18 @@ def cmd_jobs_show(settings: Settings, args) -> int:
          **{key: getattr(a.worker_record, key, None) for key in ("host", "pid", "gpu", "device")}}
         for a in job.attempts
     ]
+    if job.state != JobState.RUNNING:  # the last phase reached is noise once the job is over
+        data.update(phase=None, progress_step=None, progress_total=None)
     if args.json:
         print(json.dumps(data, indent=2, default=str))
         return 0
     for key, value in data.items():
-        if key == "attempts":
+        if key in ("attempts", "params") or value is None:
             continue
         print(f"{key:>18}: {value.value if isinstance(value, JobState) else value}")
+    print(f"{'params':>18}:")
+    for key, value in (data["params"] or {}).items():
+        print(f"{'':>20}{key}: {json.dumps(value, ensure_ascii=False)}")
     for attempt in data["attempts"]:
         where = f" (GPU {attempt['gpu']})" if attempt["gpu"] else ""
         print(f"\nattempt {attempt['number']} on {attempt['worker']}{where}: {attempt['outcome'] or 'running'}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import URL, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.errors import ConfigError
@@ -116,3 +118,38 @@ def schema_revision(engine: Engine) -> tuple[str | None, str]:
     with engine.connect() as conn:
         current = MigrationContext.configure(conn).get_current_revision()
     return current, head
+
+
+def unwritable_reason(engine: Engine) -> str | None:
+    """None when this process can write to the (migrated) database, else one line saying what to fix.
+
+    A real write, rolled back: file modes, read-only mounts and missing grants all show up.
+    """
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = version_num"))
+            conn.rollback()
+    except (SQLAlchemyError, OSError) as exc:
+        return cannot_write(engine, exc)
+    return None
+
+
+def cannot_write(engine: Engine, exc: BaseException) -> str:
+    """One line: the database cannot be written (`exc` says how), and what to fix."""
+    error = (str(getattr(exc, "orig", None) or exc).splitlines() or ["?"])[0][:200]
+    path = sqlite_path(engine.url)
+    if path is None:
+        where = engine.url.render_as_string(hide_password=True)
+        return (f"cannot write to the database {where} ({error}): check that the server is up and that "
+                "this user may write to it")
+    return (f"cannot write to the database {path} ({error}): make it and its folder {path.parent} writable "
+            f"by user {_user()} (SQLite writes {path.name}-wal and -shm beside it), or set I2VD_DATABASE_URL")
+
+
+def _user() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (KeyError, ImportError):
+        return str(os.geteuid())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from daemon.settings import Settings
+from daemon.settings import Settings, split_host_port
 from daemon.units import UNIT_DIRS, installed_units, this_executable
 from daemon.watcher import choose_mode, filesystem_type, needs_polling
 
@@ -40,7 +41,7 @@ def run_checks(settings: Settings) -> list[Finding]:
     checks: list[tuple[str, Callable[[Settings], list[Finding]]]] = [
         ("python", check_python), ("gpu", check_gpu), ("ffmpeg", check_ffmpeg), ("model", check_model),
         ("database", check_database), ("folders", check_folders), ("inbox-fs", check_inbox_filesystem),
-        ("disk", check_disk), ("systemd", check_unit),
+        ("disk", check_disk), ("metrics", check_metrics), ("systemd", check_unit),
     ]
     findings: list[Finding] = []
     if settings.intake_only:
@@ -146,23 +147,28 @@ def check_model(settings: Settings) -> list[Finding]:
 
 
 def check_database(settings: Settings) -> list[Finding]:
-    from sqlalchemy.engine import make_url
+    from daemon.db import make_engine, schema_revision, sqlite_path, unwritable_reason
 
-    from daemon.db import make_engine, schema_revision
-
-    url = make_url(settings.database_url)
-    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
-        return [Finding("database", "ok", f"no database yet at {url.database}; created at first start.")]
+    db_file = sqlite_path(settings.database_url)
+    if db_file is not None and not db_file.exists():
+        folder = _existing_parent(db_file.parent)
+        if not _writable(folder):
+            return [Finding("database", "fail", f"no database yet at {db_file}, and it cannot be created: "
+                                                f"{folder} is not writable by user {_user()}.")]
+        return [Finding("database", "ok", f"no database yet at {db_file}; created at first start.")]
     engine = make_engine(settings.database_url)
     try:
         current, head = schema_revision(engine)
+        unwritable = unwritable_reason(engine) if current is not None else None
     except Exception as exc:
         return [Finding("database", "fail", f"cannot read the database ({type(exc).__name__}: "
                                             f"{str(exc).splitlines()[0][:200]}).")]
     finally:
         engine.dispose()
+    if unwritable:
+        return [Finding("database", "fail", f"{unwritable}.")]
     if current == head:
-        return [Finding("database", "ok", f"schema at head ({head}).")]
+        return [Finding("database", "ok", f"schema at head ({head}), writable.")]
     if current is not None and not _known_revision(current):
         return [Finding("database", "fail", f"schema is at {current}, which this i2vd does not know: a newer "
                                             "version wrote it. Upgrade i2vd.")]
@@ -224,6 +230,26 @@ def check_disk(settings: Settings) -> list[Finding]:
     if usage.free < DISK_WARN_BYTES:
         return [Finding("disk", "warn", f"{text}: that runs out after a few hundred videos.")]
     return [Finding("disk", "ok", f"{text}.")]
+
+
+def check_metrics(settings: Settings) -> list[Finding]:
+    if not settings.metrics_enabled:
+        return [Finding("metrics", "info", "metrics off (I2VD_METRICS_ENABLED=false).")]
+    host, port = split_host_port(settings.metrics_address)
+    if port == 0:
+        return [Finding("metrics", "ok", f"metrics on {host}, any free port (logged in metrics_serving).")]
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    try:
+        with socket.socket(family, kind, proto) as probe:
+            # As the metrics server binds: a socket of an i2vd that just stopped (TIME_WAIT) is no obstacle.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        return [Finding("metrics", "fail", f"cannot serve metrics on {settings.metrics_address} "
+                                           f"({exc.strerror or exc}; another i2vd?): set I2VD_METRICS_ADDRESS to "
+                                           "a free address (port 0 takes any) or I2VD_METRICS_ENABLED=false.")]
+    return [Finding("metrics", "ok", f"{settings.metrics_address} is free for /metrics.")]
 
 
 def check_unit(_settings: Settings) -> list[Finding]:

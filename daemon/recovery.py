@@ -58,7 +58,8 @@ def recover_jobs(queue: JobQueue, max_crash_attempts: int) -> list[int]:
             log.info("job_succeeded", job_id=job.id, output=job.output_path, recovered=True)
         elif crashes >= max_crash_attempts:
             message = (f"poison job: its worker crashed {crashes} times while running it "
-                       f"(max_crash_attempts={max_crash_attempts}); not run again")
+                       f"(max_crash_attempts={max_crash_attempts}); not run again. See `i2vd jobs show "
+                       f"{job.id}` and the log for what crashed it; `i2vd retry {job.id}` queues it again")
             if not queue.fail(job.id, "poison_job", message):
                 continue
             log.error("job_failed", job_id=job.id, error_code="poison_job", error=message)

@@ -9,10 +9,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import __version__, logs, metrics
-from daemon.db import make_engine, session_factory, sqlite_path, upgrade
+from daemon.db import cannot_write, make_engine, session_factory, sqlite_path, unwritable_reason, upgrade
 from daemon.errors import I2vdError
 from daemon.intake import Intake
 from daemon.logs import get_logger
@@ -112,7 +113,7 @@ class Daemon:
         metrics_server = None
         try:
             with StartupKeepalive(self.notifier, s.startup_timeout_seconds):
-                upgrade(engine)
+                self._migrate(engine)
                 queue = JobQueue(session_factory(engine))
                 if s.intake_only:
                     generator = None
@@ -139,6 +140,17 @@ class Daemon:
             engine.dispose()
             self.notifier.close()
 
+    def _migrate(self, engine) -> None:
+        """Migrate, and make sure the database takes writes before the slow model load."""
+        try:
+            upgrade(engine)
+            problem = unwritable_reason(engine)
+        except (OperationalError, OSError) as exc:  # e.g. a read-only file whose schema is behind
+            problem = cannot_write(engine, exc)
+        if problem:
+            log.error("database_unwritable", detail=problem)
+            raise I2vdError(problem)
+
     def _start_metrics(self, queue: JobQueue, device) -> MetricsServer | None:
         s = self.settings
         if not s.metrics_enabled:
@@ -147,8 +159,10 @@ class Daemon:
         try:
             server = MetricsServer(host, port, queue.counts, device)
         except OSError as exc:
-            raise I2vdError(f"cannot serve metrics on {s.metrics_address} ({exc.strerror or exc}); set "
-                            "I2VD_METRICS_ADDRESS to a free address or I2VD_METRICS_ENABLED=false") from None
+            message = (f"cannot serve metrics on {s.metrics_address} ({exc.strerror or exc}); set "
+                       "I2VD_METRICS_ADDRESS to a free address or I2VD_METRICS_ENABLED=false")
+            log.error("metrics_bind_failed", address=s.metrics_address, detail=message)  # the log file too
+            raise I2vdError(message) from None
         log.info("metrics_serving", url=f"http://{s.metrics_address.rpartition(':')[0]}:{server.port}/metrics")
         return server
 
@@ -209,11 +223,11 @@ class Daemon:
                         next_recovery = now + recovery_interval
                         recover_jobs(queue, s.max_crash_attempts)
                         intake.recover(older_than=timedelta(seconds=s.lease_seconds))
+                    if now >= next_status:
+                        next_status = now + STATUS_INTERVAL
+                        self._update_status(queue, worker)  # reads the queue: inside the try too
                 except Exception:  # e.g. the database briefly unreachable: log, keep serving
                     log.exception("loop_error")
-                if now >= next_status:
-                    self._update_status(queue, worker)
-                    next_status = now + STATUS_INTERVAL
                 wait = min(due, MAX_LOOP_SLEEP)
                 if ping_every is not None:
                     # Pinged from this loop, not a helper thread: a loop that hangs stops the pings.
@@ -224,6 +238,7 @@ class Daemon:
                 self.loop_wake.wait(wait)
                 self.loop_wake.clear()
         finally:
+            self.stop.set()  # also when the loop itself failed: the worker thread must end, not wait forever
             self.notifier.stopping(self._stopping_line(worker))
             observer.stop()
             if worker is not None:

@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(60.0, gt=0, description="A running job's lease, renewed by a heartbeat.")
     worker_poll_seconds: float = Field(1.0, gt=0, description="How often an idle worker looks for jobs.")
     stop_grace_seconds: float = Field(10.0, ge=0, description="On SIGTERM, time the running job may finish.")
-    max_crash_attempts: int = Field(2, ge=1, description="Crashes of the worker on one job before it is failed.")
+    max_crash_attempts: int = Field(3, ge=1, description="Crashes of the worker on one job before it is failed.")
     max_retries: int = Field(2, ge=0, description="Retries of a job after a transient failure.")
     retry_backoff_seconds: float = Field(30.0, ge=0, description="First retry delay; doubles each time.")
     oom_ladder: tuple[Literal["vae_slicing", "cpu_offload", "fewer_frames", "lower_resolution"], ...] = (

@@ -35,7 +35,9 @@ PRESETS: dict[str, Preset] = {
     "max": Preset(resolution=1024, num_frames=32, steps=100),
 }
 
-_SAFE_STEM = re.compile(r"^[^/\\\x00]+$")
+# Path separators, and every C0/C1 control character (NUL, newline, ESC ...) and DEL: they would
+# reach file names and the terminals that list them.
+_UNSAFE_STEM_CHAR = re.compile(r"[/\\\x00-\x1f\x7f-\x9f]")
 
 
 class Sidecar(BaseModel):
@@ -82,8 +84,8 @@ class Sidecar(BaseModel):
     def _output_name(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        if not _SAFE_STEM.match(value) or value.startswith(".") or ".." in value:
-            raise ValueError("must be a plain file name: no '/', '\\', '..', NUL or leading dot")
+        if _UNSAFE_STEM_CHAR.search(value) or value.startswith(".") or ".." in value:
+            raise ValueError("must be a plain file name: no '/', '\\', '..', control characters or leading dot")
         return value
 
     @model_validator(mode="after")
@@ -103,17 +105,34 @@ def parse_sidecar(raw: bytes) -> Sidecar:
             f"The sidecar is {len(raw)} bytes; the limit is {MAX_SIDECAR_BYTES}.",
             hint="A sidecar holds a prompt and a few parameters; check that the right file was dropped.",
         )
+    if not raw.strip():
+        raise InputRejected("empty_file", "The sidecar is empty.",
+                            hint='A minimal sidecar is {"prompt": "waves rolling onto a beach"}.')
     try:
-        data = json.loads(raw.decode("utf-8-sig"))
+        data = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_unique_keys)
+        # JSON allows escapes of half a character ("\ud800"); no text column or file name does.
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
     except UnicodeDecodeError as exc:
         raise InputRejected("invalid_json", f"The sidecar is not UTF-8 text ({exc.reason}).",
                             hint="Save the sidecar as UTF-8 JSON.") from None
+    except UnicodeEncodeError:
+        raise InputRejected("invalid_json", "The sidecar holds a lone surrogate escape (\\ud800 to \\udfff), "
+                            "which is not a character.", hint="Save the sidecar as UTF-8 JSON.") from None
     except json.JSONDecodeError as exc:
         raise InputRejected(
             "invalid_json",
             f"The sidecar is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.",
             hint='A minimal sidecar is {"prompt": "waves rolling onto a beach"}.',
         ) from None
+    except _DuplicateKey as exc:
+        raise InputRejected("invalid_json", f"The sidecar gives {exc.key!r} more than once.",
+                            hint="Keep one value for each field.") from None
+    except ValueError:  # an integer longer than Python converts (sys.get_int_max_str_digits())
+        raise InputRejected("invalid_json", "The sidecar holds a number with too many digits to read.",
+                            hint="Numbers in a sidecar are small: check seed, steps and the like.") from None
+    except RecursionError:
+        raise InputRejected("invalid_json", "The sidecar nests arrays or objects too deeply to read.",
+                            hint='A sidecar is one flat object: {"prompt": "waves rolling onto a beach"}.') from None
     if not isinstance(data, dict):
         raise InputRejected(
             "sidecar_not_object",
@@ -134,6 +153,21 @@ def parse_sidecar(raw: bytes) -> Sidecar:
             hint="See the sidecar fields in README.md.",
             field_errors=field_errors,
         ) from None
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json's object hook: a key given twice is an ambiguity, not "the last one wins"."""
+    data: dict = {}
+    for key, value in pairs:
+        if key in data:
+            raise _DuplicateKey(key)
+        data[key] = value
+    return data
 
 
 def _message(err: dict) -> str:

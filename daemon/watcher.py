@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from watchdog.events import (
@@ -16,8 +17,8 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
+from watchdog.observers.inotify import InotifyObserver
 from watchdog.observers.polling import PollingObserverVFS
 
 # Where inotify misses changes made by other machines (or is not implemented at all).
@@ -44,11 +45,26 @@ def filesystem_type(path: Path, mounts_file: Path = Path("/proc/mounts")) -> str
 
 
 # Intake stats every file it tracks on each tick, so it needs events only to learn of files and
-# folders it does not know yet. Asking for no more keeps inotify from reporting intake's own reads
-# (open, close) and deletes, and watchdog from adding a parent-folder "modified" event to each
-# event (on which intake rescanned the whole subfolder). Measured with bench/intake_rate.py: a
-# half the CPU in the watcher threads, 158 -> 224 pairs/s.
+# folders it does not know yet, and of how a file arrives. Asking for no more keeps inotify from
+# reporting intake's own reads (open, close-without-write), attribute changes and deletes, and
+# watchdog from adding a parent-folder "modified" event to each event (on which intake rescanned
+# the whole subfolder). Measured with bench/intake_rate.py: a half the CPU in the watcher threads,
+# 158 -> 224 pairs/s.
 EVENTS = [FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent]
+
+# What an event says about the file at its path.
+SEEN = "seen"  # it exists or changed (polling, creation, folders): readiness is judged by stat alone
+ARRIVED = "arrived"  # renamed into place on this file system (inotify IN_MOVED_TO): complete already
+WRITTEN = "written"  # data was written (inotify IN_MODIFY): a writer may still hold it open
+CLOSED = "closed"  # a writer closed it (inotify IN_CLOSE_WRITE)
+
+
+@dataclass(frozen=True)
+class InboxEvent:
+    """Something happened at `path` in the inbox; `kind` is one of SEEN, ARRIVED, WRITTEN, CLOSED."""
+
+    path: str
+    kind: str = SEEN
 
 
 def needs_polling(fs_type: str) -> bool:
@@ -62,17 +78,32 @@ def choose_mode(setting: str, inbox: Path) -> str:
 
 
 class _Forward(FileSystemEventHandler):
-    def __init__(self, notify: Callable[[str], None]) -> None:
+    def __init__(self, notify: Callable[[InboxEvent], None], inotify: bool) -> None:
         self.notify = notify
+        self.inotify = inotify
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        # A rename into place (rsync, `mv x.tmp x.png`) matters by its new name.
-        self.notify(getattr(event, "dest_path", "") or event.src_path)
+        if isinstance(event, FileMovedEvent):
+            if not event.dest_path:
+                return  # moved out of the inbox (intake's own moves to done/ stay inside)
+            # A rename into place (rsync, `i2vd submit`, `mv x.tmp x.png`) matters by its new name.
+            # Polling only guesses a rename from two listings, and a network mount's writer may
+            # still be flushing: there the stat window decides.
+            self.notify(InboxEvent(str(event.dest_path), ARRIVED if self.inotify else SEEN))
+        elif isinstance(event, DirMovedEvent):
+            if event.dest_path:
+                self.notify(InboxEvent(str(event.dest_path)))
+        elif self.inotify and isinstance(event, FileModifiedEvent):
+            self.notify(InboxEvent(str(event.src_path), WRITTEN))
+        elif self.inotify and isinstance(event, FileClosedEvent):
+            self.notify(InboxEvent(str(event.src_path), CLOSED))
+        else:
+            self.notify(InboxEvent(str(event.src_path)))
 
 
-def start_observer(inbox: Path, mode: str, poll_interval: float, notify: Callable[[str], None],
+def start_observer(inbox: Path, mode: str, poll_interval: float, notify: Callable[[InboxEvent], None],
                    skip_dirs: tuple[str, ...] = ("done", "failed")) -> BaseObserver:
-    """Start watching `inbox` recursively; events only wake intake, which decides by stat."""
+    """Start watching `inbox` recursively; events say where to look and how a file arrived."""
     if mode == "polling":
         def listdir(path: str | None) -> Iterator[os.DirEntry]:
             top = os.path.samefile(path, inbox) if path else False
@@ -82,8 +113,10 @@ def start_observer(inbox: Path, mode: str, poll_interval: float, notify: Callabl
 
         observer: BaseObserver = PollingObserverVFS(os.lstat, listdir, polling_interval=poll_interval)
     else:
-        observer = Observer()
-    observer.schedule(_Forward(notify), str(inbox), recursive=True, event_filter=EVENTS)
+        # Full events: a rename into the inbox from elsewhere on its file system is a move with no
+        # source, not a creation, so intake can take it as complete too.
+        observer = InotifyObserver(generate_full_events=True)
+    observer.schedule(_Forward(notify, mode != "polling"), str(inbox), recursive=True, event_filter=EVENTS)
     observer.daemon = True
     observer.start()
     return observer

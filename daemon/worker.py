@@ -22,6 +22,7 @@ from daemon.outputs import (POSTER, PREVIEW, RAW_VIDEO, VIDEO, OutputName, Outpu
 from daemon.queue import JobQueue, worker_identity
 from daemon.retry import RetryPolicy
 from daemon.settings import Settings
+from daemon.supervisor import PeriodicTask
 from pipeline.errors import EncodeError, GenerationInterrupted
 from pipeline.generate import Progress, VideoGenerator
 from pipeline.oom import OomLadder, Rung, free_memory, is_oom, peak_memory_bytes
@@ -331,24 +332,33 @@ def package_versions() -> dict[str, str]:
 
 
 class _Heartbeat:
-    """Renews a running job's lease; a lost lease stops the job at its next step."""
+    """Renews a running job's lease; a lost lease stops the job at its next step.
+
+    A failed renewal (the database briefly away) is retried with backoff; only once renewals have
+    failed for a whole lease, when another worker may already have taken the job over, is the job
+    stopped as if its lease were lost.
+    """
 
     def __init__(self, queue: JobQueue, job_id: int, owner: str, lease_seconds: float) -> None:
         self.queue, self.job_id, self.owner, self.lease_seconds = queue, job_id, owner, lease_seconds
         self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+        self._task = PeriodicTask(f"heartbeat-{job_id}", self._renew, lease_seconds / 3,
+                                  escalate_after=lease_seconds, on_escalate=self._give_up, job_id=job_id)
 
     def start(self) -> None:
-        self._thread.start()
+        self._task.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
+        self._task.stop()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.lease_seconds / 3):
-            if not self.queue.heartbeat(self.job_id, self.owner, self.lease_seconds):
-                log.warning("lease_lost", job_id=self.job_id)
-                self.lost.set()
-                return
+    def _renew(self) -> bool:
+        if self.queue.heartbeat(self.job_id, self.owner, self.lease_seconds):
+            return True
+        log.warning("lease_lost", job_id=self.job_id)
+        self.lost.set()
+        return False
+
+    def _give_up(self, _exc: BaseException) -> bool:
+        log.warning("lease_lost", job_id=self.job_id, reason="no renewal for a whole lease")
+        self.lost.set()
+        return False

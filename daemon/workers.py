@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -21,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon.logs import get_logger
 from daemon.models import Job, WorkerRecord, utcnow
 from daemon.queue import worker_identity
+from daemon.supervisor import PeriodicTask
 
 log = get_logger("i2vd.workers")
 
@@ -49,8 +49,8 @@ class WorkerRegistry:
         self.identity = identity
         self.lease_seconds = lease_seconds
         self.worker_id: int | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="worker-registry", daemon=True)
+        # Only `i2vd status` reads this row, so a long outage is logged but never stops the beat.
+        self._task = PeriodicTask("worker-registry", self._beat, lease_seconds / 3, escalate_after=lease_seconds)
 
     def register(self, device: str) -> int:
         me = self.identity
@@ -76,25 +76,23 @@ class WorkerRegistry:
                                "sync (NTP), or other hosts may take over live jobs or wait too long")
 
     def start(self) -> None:
-        self._thread.start()
+        self._task.start()
 
     def stop(self) -> None:
         """Stop beating and record the clean exit."""
-        self._stop.set()
-        self._thread.join()
-        self._update(last_seen_at=utcnow(), stopped_at=utcnow())
+        self._task.stop()
+        try:
+            self._update(last_seen_at=utcnow(), stopped_at=utcnow())
+        except SQLAlchemyError as exc:  # the row then ages into "dead" in `i2vd status`: harmless
+            log.warning("worker_stop_unrecorded", worker_id=self.worker_id, error=str(exc).splitlines()[0])
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.lease_seconds / 3):
-            self._update(last_seen_at=utcnow())
+    def _beat(self) -> None:
+        self._update(last_seen_at=utcnow())
 
     def _update(self, **values: object) -> None:
-        try:
-            with self._sessions() as s:
-                s.execute(update(WorkerRecord).where(WorkerRecord.id == self.worker_id).values(**values))
-                s.commit()
-        except SQLAlchemyError as exc:  # the database is away; the next beat tries again
-            log.warning("worker_heartbeat_failed", worker_id=self.worker_id, error=str(exc).splitlines()[0])
+        with self._sessions() as s:
+            s.execute(update(WorkerRecord).where(WorkerRecord.id == self.worker_id).values(**values))
+            s.commit()
 
 
 # -- reading (i2vd status) ----------------------------------------------------------------------

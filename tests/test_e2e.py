@@ -74,7 +74,7 @@ def test_submit_status_and_jobs_show(dirs, run_daemon, tmp_path):
     cli = [sys.executable, "-m", "daemon.cli"]
     bad = subprocess.run([*cli, "submit", str(image), "--prompt", "x", "--num-frames", "99"],
                          env=env, capture_output=True, text=True)
-    assert bad.returncode == 2 and "num_frames" in bad.stderr
+    assert bad.returncode == 2 and "--num-frames" in bad.stderr
     assert not list(dirs["inbox"].iterdir())
 
     ok = subprocess.run([*cli, "submit", str(image), "--prompt", "a walk in the park", "--width", "32",

@@ -8,6 +8,7 @@ import time
 import uuid
 
 import pytest
+from structlog.testing import capture_logs
 
 from daemon.notify import Notifier, StartupKeepalive
 
@@ -53,9 +54,18 @@ def test_without_notify_socket_nothing_is_sent_and_nothing_fails():
 
 
 def test_a_vanished_service_manager_does_not_break_the_daemon(tmp_path):
-    notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
-    notifier.status("still fine")  # ENOENT: logged once, never raised
-    notifier.status("still fine")
+    path = tmp_path / "gone.sock"
+    notifier = Notifier({"NOTIFY_SOCKET": str(path)})
+    with capture_logs() as logs:
+        notifier.status("still fine")  # ENOENT: logged once, never raised
+        notifier.status("still fine")
+    assert [(e["event"], e["socket"]) for e in logs] == [("notify_failed", str(path))]
+    assert "No such file" in logs[0]["error"]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:  # the service manager is back
+        sock.bind(str(path))
+        sock.settimeout(2)
+        notifier.status("back")
+        assert sock.recv(4096) == b"STATUS=back"
 
 
 def test_startup_keepalive_stops_extending_at_its_limit(receiver):
