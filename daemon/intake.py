@@ -345,6 +345,7 @@ class Intake:
             default_preset=folder_preset or self.settings.default_preset,
             default_fps=self.settings.default_fps,
             default_negative_prompt=self.settings.default_negative_prompt,
+            default_interpolate=self.settings.default_interpolate,
         )
         try:
             key = idempotency_key(self.settings.inbox_dir, pair.files)

@@ -23,6 +23,9 @@ from daemon.files import (TEMP_PREFIX, fsync_dir, fsync_file, json_bytes, publis
 
 VIDEO = ".mp4"
 METADATA = ".json"
+POSTER = ".jpg"
+PREVIEW = ".preview.webp"
+RAW_VIDEO = ".raw.mp4"  # the generated frames as they are, kept beside an interpolated video on request
 NAME_RACES = 20  # another job's set taking our chosen name between the choice and the link; rare
 
 

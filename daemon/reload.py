@@ -15,6 +15,7 @@ LIVE_SETTINGS = frozenset({
     "settle_seconds", "pair_timeout_seconds", "observer", "poll_interval_seconds", "rescan_seconds",
     "max_image_bytes", "max_image_pixels", "follow_symlinks",
     "lease_seconds", "worker_poll_seconds", "stop_grace_seconds",
+    "default_interpolate", "poster", "preview", "keep_raw_video",
 })
 
 

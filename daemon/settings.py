@@ -14,6 +14,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from pipeline.params import INTERPOLATION_FACTORS
+
 TINY_MODEL = "tiny"
 """Model value that builds the tiny, randomly initialised smoke-test I2VGen-XL offline."""
 
@@ -43,6 +45,14 @@ class Settings(BaseSettings):
     default_negative_prompt: str | None = None
     default_fps: int = Field(8, ge=4, le=30)
     output_prefix: str = Field("", description="Prepended to every output file name.")
+    default_interpolate: int = Field(1, description="Frame interpolation factor (1, 2 or 4) when the sidecar "
+                                     "gives none: k times the frames at k times the fps.")
+
+    # Extra outputs beside each video
+    poster: bool = Field(True, description="Write NAME.jpg, the video's middle frame.")
+    preview: bool = Field(True, description="Write NAME.preview.webp, a small looping animation.")
+    keep_raw_video: bool = Field(False, description="With interpolation, also keep the video as generated, "
+                                 "NAME.raw.mp4.")
 
     # Intake
     settle_seconds: float = Field(3.0, gt=0, description="A file is ready once unchanged this long.")
@@ -84,6 +94,13 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().absolute()
+
+    @field_validator("default_interpolate")
+    @classmethod
+    def _interpolation_factor(cls, value: int) -> int:
+        if value not in INTERPOLATION_FACTORS:
+            raise ValueError("must be 1, 2 or 4")
+        return value
 
     @field_validator("metrics_address")
     @classmethod

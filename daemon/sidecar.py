@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from daemon.errors import InputRejected
-from pipeline.params import GenerationParams
+from pipeline.params import INTERPOLATION_FACTORS, GenerationParams
 
 MAX_SIDECAR_BYTES = 64 * 1024
 RESOLUTIONS = (256, 512, 768, 1024)
@@ -58,6 +58,7 @@ class Sidecar(BaseModel):
     seed: Annotated[int, Field(ge=0, le=SEED_MAX)] | None = None
     output_name: Annotated[str, Field(min_length=1, max_length=120)] | None = None
     priority: Annotated[int, Field(ge=-10, le=10)] = 0
+    interpolate: int | None = None
 
     @field_validator("resolution", mode="before")
     @classmethod
@@ -69,6 +70,13 @@ class Sidecar(BaseModel):
             value = int(text)
         if isinstance(value, int) and not isinstance(value, bool) and value not in RESOLUTIONS:
             raise ValueError("must be one of 256, 512, 768, 1024")
+        return value
+
+    @field_validator("interpolate")
+    @classmethod
+    def _interpolate(cls, value: int | None) -> int | None:
+        if value is not None and value not in INTERPOLATION_FACTORS:
+            raise ValueError("must be 1, 2 or 4 (frames per generated frame)")
         return value
 
     @field_validator("output_name")
@@ -176,6 +184,7 @@ def resolve(
     default_preset: str,
     default_fps: int,
     default_negative_prompt: str | None = None,
+    default_interpolate: int = 1,
 ) -> GenerationParams:
     """Apply the preset, then the sidecar's explicit fields; draw a seed when none is given."""
     preset = PRESETS[sidecar.preset or default_preset]
@@ -190,4 +199,5 @@ def resolve(
         steps=sidecar.steps or preset.steps,
         guidance_scale=sidecar.guidance_scale if sidecar.guidance_scale is not None else DEFAULT_GUIDANCE,
         seed=sidecar.seed if sidecar.seed is not None else secrets.randbelow(2**32),
+        interpolate=sidecar.interpolate or default_interpolate,
     )

@@ -17,16 +17,18 @@ from daemon.errors import InputRejected, LadderExhausted
 from daemon.images import load_rgb
 from daemon.logs import get_logger
 from daemon.models import Job, utcnow
-from daemon.outputs import VIDEO, OutputName, OutputPaths, StagedOutputs, discard_set, finish_set
+from daemon.outputs import (POSTER, PREVIEW, RAW_VIDEO, VIDEO, OutputName, OutputPaths, StagedOutputs,
+                            discard_set, finish_set)
 from daemon.queue import JobQueue, worker_identity
 from daemon.retry import RetryPolicy
 from daemon.settings import Settings
 from daemon.supervisor import PeriodicTask
-from pipeline.errors import GenerationInterrupted
+from pipeline.errors import EncodeError, GenerationInterrupted
 from pipeline.generate import Progress, VideoGenerator
 from pipeline.oom import OomLadder, Rung, free_memory, is_oom, peak_memory_bytes
 from pipeline.params import GenerationParams
-from pipeline.video import encode_mp4
+from pipeline.previews import write_poster, write_preview
+from pipeline.video import EncodedVideo, encode_mp4, plan_interpolation, video_tags
 
 log = get_logger("i2vd.worker")
 
@@ -118,7 +120,7 @@ class Worker:
         name = OutputName(self.settings.outputs_dir / job.output_subdir, self.settings.output_prefix,
                           job.output_stem, job.created_at.astimezone())
         with StagedOutputs(job.id, name) as staged:
-            encode_mp4(frames, staged.temp(VIDEO), params.fps)
+            video, extras = self._write_files(job, params, frames, staged)
             encoded = time.monotonic()
             timings = {"generation_seconds": round(generated - started, 3),
                        "encoding_seconds": round(encoded - generated, 3)}
@@ -126,6 +128,9 @@ class Worker:
             def metadata(paths: OutputPaths) -> dict:
                 document = self._metadata(job, attempt.id, params, paths.video, frames.shape, timings)
                 document["downgrade"] = _downgrade(requested, rung) if tried else None
+                document.update(frames=video.info.frames, fps=video.interpolation.fps,
+                                interpolation=video.interpolation.to_dict(),
+                                extras={kind: paths.path(suffix).name for kind, suffix in extras.items()})
                 return document
 
             def record(paths: OutputPaths) -> bool:
@@ -140,6 +145,27 @@ class Worker:
         metrics.job_finished("succeeded", time.monotonic() - started)
         log.info("job_succeeded", job_id=job.id, output=str(paths.video), rung=rung.name,
                  seconds=round(time.monotonic() - started, 3))
+
+    def _write_files(self, job: Job, params: GenerationParams, frames,
+                     staged: StagedOutputs) -> tuple[EncodedVideo, dict[str, str]]:
+        """The verified video and the extras the settings ask for, under the set's temporary names."""
+        def tags(interpolate: int) -> dict[str, str]:
+            return video_tags(job.output_stem, params, model=self.settings.model, version=__version__,
+                              interpolation=plan_interpolation(len(frames), params.fps, interpolate))
+
+        video = encode_mp4(frames, staged.temp(VIDEO), params.fps, tags=tags(params.interpolate),
+                           interpolate=params.interpolate)
+        extras = {}
+        if params.interpolate > 1 and self.settings.keep_raw_video:
+            encode_mp4(frames, staged.temp(RAW_VIDEO), params.fps, tags=tags(1))
+            extras["raw_video"] = RAW_VIDEO
+        if self.settings.poster:
+            write_poster(frames, staged.temp(POSTER))
+            extras["poster"] = POSTER
+        if self.settings.preview:
+            write_preview(frames, staged.temp(PREVIEW), params.fps)
+            extras["preview"] = PREVIEW
+        return video, extras
 
     def _finish_earlier_set(self, job: Job, attempt) -> bool:
         """An earlier attempt recorded a set (then crashed or failed): finish it, or remove what it left."""
@@ -187,7 +213,8 @@ class Worker:
             log.warning("job_retry_scheduled", job_id=job.id, error=message, delay_seconds=decision.delay_seconds)
             return
         code = exc.code if isinstance(exc, InputRejected) else (
-            "out_of_memory" if isinstance(exc, LadderExhausted) else "generation_error")
+            "out_of_memory" if isinstance(exc, LadderExhausted) else
+            "encode_error" if isinstance(exc, EncodeError) else "generation_error")
         self.queue.fail(job.id, code, message)
         log.error("job_failed", job_id=job.id, error_code=code, error=message)
 

@@ -14,3 +14,7 @@ class ModelUnavailable(PipelineError):
 
 class GenerationInterrupted(PipelineError):
     """Generation was stopped at a denoising step on request."""
+
+
+class EncodeError(PipelineError):
+    """ffmpeg did not produce a complete, playable video."""

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+INTERPOLATION_FACTORS = (1, 2, 4)
+"""Frame interpolation factors: 1 keeps the generated frames as they are."""
+
 
 @dataclass(frozen=True)
 class GenerationParams:
@@ -18,6 +21,7 @@ class GenerationParams:
     guidance_scale: float
     seed: int
     negative_prompt: str | None = None
+    interpolate: int = 1  # applied when encoding: k*num_frames frames at k*fps (pipeline.video)
 
     def to_dict(self) -> dict:
         return asdict(self)
