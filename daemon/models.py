@@ -160,7 +160,8 @@ class Event(Base):
 
 
 class WebhookEndpoint(Base):
-    """A configured webhook URL and how far the outbox has been fanned out to it."""
+    """A configured webhook URL, how far the outbox has been fanned out to it, and which daemon sends to it
+    (one at a time, so a receiver gets events in order)."""
 
     __tablename__ = "webhook_endpoints"
 
@@ -168,6 +169,8 @@ class WebhookEndpoint(Base):
     first_event_id: Mapped[int] = mapped_column(EventId)  # events up to here predate the URL's configuration
     scanned_up_to: Mapped[int] = mapped_column(EventId)  # every event up to here has its delivery row
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class WebhookDelivery(Base):

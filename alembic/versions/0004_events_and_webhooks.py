@@ -33,6 +33,8 @@ def upgrade() -> None:
         sa.Column("first_event_id", EVENT_ID, nullable=False),
         sa.Column("scanned_up_to", EVENT_ID, nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("lease_owner", sa.String(255)),
+        sa.Column("lease_expires_at", sa.DateTime(timezone=True)),
     )
     op.create_table(
         "webhook_deliveries",

@@ -1,9 +1,11 @@
 """Webhook delivery state in the database: fan-out of new events to each URL, claims, outcomes.
 
-Every daemon sharing the database may run this for the same URL: fan-out inserts are idempotent
-(one row per event and URL), and a delivery is claimed under a lease (UPDATE ... RETURNING, with
-SKIP LOCKED on PostgreSQL, like the job claim), so one daemon posts it at a time. A daemon that dies
-mid-POST leaves a lease that expires; the event is then posted again (at-least-once).
+Every daemon sharing the database runs this for each URL it is configured with. One of them leads a
+URL at a time (a lease on its endpoint row), so the receiver gets events in order; the others stand by
+and take over when the lease runs out. Fan-out inserts are idempotent (one row per event and URL), and
+each delivery is claimed under its own lease (UPDATE ... RETURNING, with SKIP LOCKED on PostgreSQL, like
+the job claim), so one daemon posts it at a time even while leadership changes hands. A daemon that
+dies mid-POST leaves leases that expire; the event is then posted again (at-least-once).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import String, Integer, func, literal, or_, select, update
+from sqlalchemy import Integer, String, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,6 +37,32 @@ class DeliveryStore:
 
     def __init__(self, sessions: sessionmaker[Session], url: str, owner: str) -> None:
         self._sessions, self.url, self.owner = sessions, url, owner
+        self._leading_until: datetime | None = None
+
+    def lead(self, lease_seconds: float) -> bool:
+        """Take or renew this URL's sender lease (renewed once half of it is gone); False: another daemon has it."""
+        now = utcnow()
+        if self._leading_until is not None and (self._leading_until - now).total_seconds() > lease_seconds / 2:
+            return True
+        until = now + timedelta(seconds=lease_seconds)
+        with self._sessions() as s:
+            taken = s.execute(update(WebhookEndpoint).where(
+                WebhookEndpoint.url == self.url,
+                or_(WebhookEndpoint.lease_owner.is_(None), WebhookEndpoint.lease_owner == self.owner,
+                    WebhookEndpoint.lease_expires_at < now),
+            ).values(lease_owner=self.owner, lease_expires_at=until)).rowcount == 1
+            s.commit()
+        self._leading_until = until if taken else None
+        return taken
+
+    def release(self) -> None:
+        """Hand the URL to another daemon at once (a clean shutdown)."""
+        with self._sessions() as s:
+            s.execute(update(WebhookEndpoint).where(WebhookEndpoint.url == self.url,
+                                                    WebhookEndpoint.lease_owner == self.owner)
+                      .values(lease_owner=None, lease_expires_at=None))
+            s.commit()
+        self._leading_until = None
 
     def register(self) -> None:
         """Start delivering to this URL from the newest event on (a new URL gets no history)."""
@@ -97,15 +125,14 @@ class DeliveryStore:
         self._finish(due, state="pending" if retry_at else "failed", last_status=status, last_error=error[:2000],
                      **({"next_attempt_at": retry_at} if retry_at else {}))
 
-    def postpone(self, dues: list[Due], until: datetime) -> None:
-        """Hand claimed deliveries back untried: the receiver is down, they wait with the one that failed."""
-        if not dues:
-            return
+    def postpone(self, until: datetime) -> None:
+        """The receiver looks down: every pending delivery waits until `until`, in order, rather than
+        each timing out on its own."""
         with self._sessions() as s:
             s.execute(update(WebhookDelivery)
-                      .where(WebhookDelivery.id.in_([d.delivery_id for d in dues]),
-                             WebhookDelivery.lease_owner == self.owner)
-                      .values(next_attempt_at=until, lease_owner=None, lease_expires_at=None))
+                      .where(WebhookDelivery.url == self.url, WebhookDelivery.state == "pending",
+                             WebhookDelivery.next_attempt_at < until, WebhookDelivery.lease_owner.is_(None))
+                      .values(next_attempt_at=until))
             s.commit()
 
     def next_due(self) -> datetime | None:

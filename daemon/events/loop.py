@@ -27,7 +27,8 @@ class RepeatingThread:
 
     def stop(self, timeout: float | None = None) -> None:
         self._stop.set()
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         backoff = ERROR_BACKOFF_FIRST

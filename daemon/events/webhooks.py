@@ -36,7 +36,7 @@ from daemon.settings import Settings
 
 log = get_logger("i2vd.webhooks")
 
-BATCH = 20  # deliveries claimed at once, posted one after another in event order
+POSTS_PER_STEP = 50  # then the loop looks at its stop flag and the lease again
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -107,24 +107,34 @@ class WebhookSender:
     def stop(self) -> None:
         self.thread.stop(timeout=self.settings.webhook_timeout_seconds + 5)
         self._client.close()
+        try:
+            self.store.release()
+        except Exception as exc:  # the database is gone: the lease simply runs out
+            log.warning("webhook_release_failed", url=redact(self.url), error=f"{type(exc).__name__}: {exc}")
 
     def step(self) -> float:
-        """Fan out new events, post what is due; returns seconds until the next look."""
+        """Fan out new events, post what is due, one at a time; returns seconds until the next look."""
         s = self.settings
         if not self._registered:
             self.store.register()
             self._registered = True
+        # Long enough for a POST that runs into its timeout, renewed before each one.
+        lease = 2 * s.webhook_timeout_seconds + 5
+        if not self.store.lead(lease):
+            return s.webhook_poll_seconds * 5  # another daemon sends to this URL; stand by
         self.store.fan_out(self.types)
-        lease = BATCH * s.webhook_timeout_seconds * 2 + 30
-        batch = self.store.claim(BATCH, lease)
-        for i, due in enumerate(batch):
-            down_until = self._post(due)
-            if down_until is not None:  # the rest wait with it, in order, instead of each timing out
-                self.store.postpone(batch[i + 1:], down_until)
+        for _ in range(POSTS_PER_STEP):
+            if not self.store.lead(lease):
+                return s.webhook_poll_seconds
+            claimed = self.store.claim(1, s.webhook_timeout_seconds + 5)
+            if not claimed:
+                break
+            down_until = self._post(claimed[0])
+            if down_until is not None:
+                self.store.postpone(down_until)
                 break
         else:
-            if len(batch) == BATCH:
-                return 0.0
+            return 0.0
         next_due = self.store.next_due()
         wait = s.webhook_poll_seconds
         if next_due is not None:
@@ -132,7 +142,7 @@ class WebhookSender:
         return wait
 
     def _post(self, due: Due) -> datetime | None:
-        """One try; returns when to try again if the receiver looks down (the rest of the batch waits)."""
+        """One try; returns when to try again if the receiver looks down (the other deliveries wait too)."""
         s = self.settings
         secret = s.webhook_secret.get_secret_value() if s.webhook_secret else None
         body, headers = request(due.event, due.attempts + 1, secret)
@@ -154,7 +164,7 @@ class WebhookSender:
         if retry_at > due.event.created_at + timedelta(hours=s.webhook_give_up_hours):
             self.store.failed(due, status, error, None)
             metrics.webhook_deliveries.labels("gave_up").inc()
-            log.error("webhook_gave_up", url=redact(self.url), event_id=due.event.id, event=due.event.type,
+            log.error("webhook_gave_up", url=redact(self.url), event_id=due.event.id, event_type=due.event.type,
                       attempts=due.attempts + 1, error=error)
         else:
             self.store.failed(due, status, error, retry_at)
