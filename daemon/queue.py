@@ -264,6 +264,7 @@ class JobQueue:
                 state=JobState.QUEUED, lease_owner=None, lease_expires_at=None, phase=None,
                 progress_step=None, progress_total=None, run_after=run_after))
             if result.rowcount == 1:
+                self._progress_events.pop(job_id, None)  # the next run reports its phases afresh
                 record_event(s, event, job_id, {**data, "run_after": run_after.isoformat() if run_after else None})
             s.commit()
             return result.rowcount == 1
