@@ -115,7 +115,7 @@ def test_a_receiver_down_and_a_killed_daemon_lose_no_event(dirs, run_daemon):
 
     receiver = Receiver(port).start()
     # Any daemon on the database delivers: an intake-only one starts in a moment (no model).
-    other = run_daemon(webhook_env(dirs, url, I2VD_INTAKE_ONLY="true"))
+    other = run_daemon(webhook_env(dirs, url, I2VD_INTAKE_ONLY="true", I2VD_RETENTION_DAYS="30"))
     try:
         other.wait_ready()
         wait_for(lambda: [e["type"] for e in receiver.unique_events()] == [
@@ -124,5 +124,6 @@ def test_a_receiver_down_and_a_killed_daemon_lose_no_event(dirs, run_daemon):
         assert other.stop() == 0
     finally:
         receiver.stop()
+    assert '"event": "pruned"' in other.output and queue.get(job.id) is not None  # at start; the job is new
     assert {e["job_id"] for e in receiver.events()} == {job.id}
     assert all(r.signature_ok(SECRET) for r in receiver.received)
