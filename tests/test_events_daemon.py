@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+from cluster import Cluster
 from conftest import daemon_env, drop_pair, make_queue, make_settings, wait_for, write_image
 from daemon.db import make_engine, session_factory
 from daemon.events import kinds
@@ -127,3 +128,36 @@ def test_a_receiver_down_and_a_killed_daemon_lose_no_event(dirs, run_daemon):
     assert '"event": "pruned"' in other.output and queue.get(job.id) is not None  # at start; the job is new
     assert {e["job_id"] for e in receiver.events()} == {job.id}
     assert all(r.signature_ok(SECRET) for r in receiver.received)
+
+
+def test_a_worker_woken_after_its_job_was_taken_over_changes_nothing(dirs, tmp_path):
+    """A frozen worker (SIGSTOP: a host lost to a partition) loses its lease; an intake-only daemon's
+    recovery requeues the job and another worker (here the test, as "bob") takes it. Woken up mid-step,
+    the old worker must not write progress, nor fail, cancel, requeue or finish bob's job."""
+    cluster = Cluster(tmp_path / "cluster")
+    (tmp_path / "cluster").mkdir()
+    queue = make_queue(make_settings(dirs))
+    log = EventLog(session_factory(make_engine(make_settings(dirs).database_url)))
+    try:
+        victim = cluster.start(daemon_env(dirs, I2VD_LEASE_SECONDS="3"))
+        victim.wait_ready()
+        drop_pair(dirs["inbox"], "long", steps=150)
+        job = wait_for(lambda: next((j for j in queue.running() if (j.progress_step or 0) >= 2), None), 120,
+                       what="the job in mid-denoising")
+        victim.proc.send_signal(signal.SIGSTOP)
+        rescuer = cluster.start(daemon_env(dirs, I2VD_LEASE_SECONDS="3", I2VD_INTAKE_ONLY="true"))
+        rescuer.wait_ready()
+        wait_for(lambda: queue.get(job.id).state == JobState.QUEUED, 60, what="recovery requeued the job")
+        assert queue.claim("bob", 600).id == job.id
+        taken_over = log.latest_id()
+
+        victim.proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: any(e["event"] == "job_interrupted" and e["job_id"] == job.id and e["lease_lost"]
+                             for e in cluster.events(victim)), 60, what="the woken worker to give up")
+        after = queue.get(job.id)
+        assert (after.state, after.lease_owner, after.phase, after.progress_step) == (
+            JobState.RUNNING, "bob", "loading", None)  # as bob's claim left it
+        assert log.since(taken_over) == []  # and no event says otherwise
+        assert queue.succeed(job.id, "bob")
+    finally:
+        cluster.kill_all()
