@@ -78,12 +78,18 @@ class Settings(BaseSettings):
     startup_timeout_seconds: float = Field(
         3600.0, gt=0, description="Under systemd: how long migrations plus model download and load may take.")
 
+    # Web page (`i2vd web`, a process of its own)
+    web_address: str = Field("127.0.0.1:7860", description="host:port of the web page and API; any address "
+                             "but loopback needs web_token.")
+    web_token: str | None = Field(None, min_length=16, description="Bearer token for the API and the page's "
+                                  "login; required off loopback.")
+
     @field_validator("inbox_dir", "outputs_dir", "state_dir", "log_file")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().absolute()
 
-    @field_validator("metrics_address")
+    @field_validator("metrics_address", "web_address")
     @classmethod
     def _host_port(cls, value: str) -> str:
         split_host_port(value)

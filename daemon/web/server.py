@@ -1,0 +1,62 @@
+"""`i2vd web`: check the exposure rule, open the database, bind, and serve until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import socket
+
+import uvicorn
+
+from daemon.db import make_engine, schema_revision, session_factory
+from daemon.errors import ConfigError
+from daemon.logs import get_logger
+from daemon.settings import Settings, split_host_port
+from daemon.web.app import create_app
+from daemon.web.security import check_exposure
+
+log = get_logger("i2vd.web")
+
+SHUTDOWN_GRACE_SECONDS = 2  # open event streams never end by themselves; don't wait on them longer
+
+
+def bind(address: str) -> socket.socket:
+    """A listening socket for host:port (port 0: any free one), made before serving so the port is known."""
+    host, port = split_host_port(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on web_address {address}: {exc.strerror}") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def make_server(settings: Settings) -> tuple[uvicorn.Server, socket.socket]:
+    """The server and its bound socket; refuses a non-loopback address without web_token."""
+    check_exposure(split_host_port(settings.web_address)[0], settings.web_token)
+    engine = make_engine(settings.database_url)
+    current, head = schema_revision(engine)
+    if current != head:
+        raise ConfigError(f"database schema is at {current or 'nothing'}, not {head}: run `i2vd db upgrade` "
+                          "(or start `i2vd run` once)")
+    app = create_app(settings, session_factory(engine))
+    config = uvicorn.Config(app, log_config=None, access_log=False, proxy_headers=False, server_header=False,
+                            timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS)
+    return uvicorn.Server(config), bind(settings.web_address)
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+
+def serve(settings: Settings) -> int:
+    server, sock = make_server(settings)
+    url = url_of(sock)
+    log.info("web_listening", url=url, token_required=settings.web_token is not None)
+    print(f"i2vd web: serving {url}", flush=True)
+    server.run(sockets=[sock])
+    return 0
