@@ -36,6 +36,7 @@ MAX_FILES_PER_FORM = 20
 RESERVED_FORM_FIELDS = ("image", "submission", "next")
 MAIN_FIELDS = ("prompt", "preset", "model")  # shown on the form; the rest folded under "Advanced"
 MEDIA_KINDS = ("video", "poster", "preview")
+CANCELLABLE = (JobState.QUEUED, JobState.RUNNING)
 
 
 class WebError(Exception):
@@ -324,10 +325,9 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
         return job
 
     def _cancel(job_id: int) -> JobState:
-        state = queue.cancel(job_id)
-        if state is None:
-            raise WebError(404, "not_found", f"There is no job {job_id}.")
-        if state not in (JobState.CANCELLED, JobState.RUNNING):
+        job = _job(job_id)
+        state = queue.cancel(job_id) if job.state in CANCELLABLE else job.state
+        if state not in (JobState.CANCELLED, JobState.RUNNING) or job.state not in CANCELLABLE:
             raise WebError(409, "not_cancellable", f"Job {job_id} is {state.value}; nothing to cancel.")
         log.info("web_job_cancel", job_id=job_id, state=state.value)
         return state
