@@ -139,7 +139,8 @@ def finished_job(web, stem="clip", poster: str | None = "clip.jpg") -> Job:
     encode_mp4(frames, video, 8)
     data = {"video": video.name, "frames": 8, "width": 32, "height": 32, "fps": 8, "downgrade": None}
     if poster:
-        PIL.Image.new("RGB", (32, 32), (10, 20, 30)).save(outputs / Path(poster).name)
+        if poster.endswith(".jpg"):
+            PIL.Image.new("RGB", (32, 32), (10, 20, 30)).save(outputs / Path(poster).name)
         data["poster"] = poster
     metadata.write_text(json.dumps(data))
     queue = web.queue

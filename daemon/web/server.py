@@ -6,7 +6,7 @@ import socket
 
 import uvicorn
 
-from daemon.db import make_engine, schema_revision, session_factory
+from daemon.db import make_engine, session_factory, upgrade
 from daemon.errors import ConfigError
 from daemon.logs import get_logger
 from daemon.settings import Settings, split_host_port
@@ -38,10 +38,7 @@ def make_server(settings: Settings) -> tuple[uvicorn.Server, socket.socket]:
     """The server and its bound socket; refuses a non-loopback address without web_token."""
     check_exposure(split_host_port(settings.web_address)[0], settings.web_token)
     engine = make_engine(settings.database_url)
-    current, head = schema_revision(engine)
-    if current != head:
-        raise ConfigError(f"database schema is at {current or 'nothing'}, not {head}: run `i2vd db upgrade` "
-                          "(or start `i2vd run` once)")
+    upgrade(engine)  # as `i2vd run` does: either may start first, under the same migration lock
     app = create_app(settings, session_factory(engine))
     config = uvicorn.Config(app, log_config=None, access_log=False, proxy_headers=False, server_header=False,
                             timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS)
