@@ -69,7 +69,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.globals.update(version=__version__, presets=list(PRESETS), states=[s.value for s in JobState],
                                  login_enabled=not gate.open)
-    templates.env.filters["seconds"] = lambda v: "" if v is None else f"{v:.0f} s"
+    templates.env.filters["seconds"] = _duration
     templates.env.filters["when"] = lambda v: "" if v is None else f"{v:%Y-%m-%d %H:%M:%S} UTC"
 
     def guard(request: Request) -> None:
@@ -356,6 +356,14 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
     app.include_router(pages)
     app.include_router(api)
     return app
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def _fields(form) -> dict[str, str]:
