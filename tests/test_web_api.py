@@ -198,6 +198,30 @@ def test_events_stream_job_changes(web):
     assert progress["job_id"] == job_id and progress["payload"]["step"] == 3 and progress["payload"]["total"] == 10
 
 
+def test_the_job_table_feed_sees_arrivals_starts_progress_and_endings(web):
+    from daemon.web.stream import JobTableFeed
+
+    feed = JobTableFeed(web.sessions())
+    assert feed.poll() == []  # the first look only takes stock
+    queue = web.queue
+    job, _ = queue.create(NewJob("k1", {"prompt": "p"}, 0, "a", "", "/in/a.png", None, "/done/a.png", None))
+    assert feed.poll() == []  # still in intake: not claimable, not news
+    queue.mark_queued(job.id)
+    other, _ = queue.create(NewJob("k2", {"prompt": "p"}, 0, "b", "", "/in/b.png", None, "/done/b.png", None))
+    queue.mark_queued(other.id)
+    assert [(e["type"], e["job_id"]) for _, e in feed.poll()] == [("job.queued", job.id), ("job.queued", other.id)]
+    queue.claim("test:1", 60)
+    queue.progress(job.id, "denoising", 1, 10)
+    assert [e["type"] for _, e in feed.poll()] == ["job.started"]
+    queue.progress(job.id, "denoising", 2, 10)
+    queue.cancel(other.id)
+    assert sorted((e["type"], e["job_id"]) for _, e in feed.poll()) == [("job.cancelled", other.id),
+                                                                        ("job.progress", job.id)]
+    queue.succeed(job.id)
+    assert [e["type"] for _, e in feed.poll()] == ["job.succeeded"]
+    assert feed.poll() == []
+
+
 def test_lists_stay_paginated_and_indexed_with_10000_jobs(web):
     now = utcnow()
     rows = [{"state": JobState.FAILED if i % 10 == 0 else JobState.SUCCEEDED, "priority": 0,

@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Protocol
 
 import anyio
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.requests import Request
 
@@ -28,34 +28,46 @@ class Feed(Protocol):
 
 
 class JobTableFeed:
-    """Events derived from the jobs table: a live or just-finished job whose state or progress moved."""
+    """Events derived from the jobs table: a job that arrived, started, moved or finished since the last look.
+
+    Each look reads only running and intake jobs, jobs newer than any seen, and jobs finished just
+    now, so a queue of 10,000 waiting jobs costs the same as an empty one.
+    """
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
         self._seen: dict[int, tuple] | None = None
+        self._max_id = 0
+        self._in_intake: set[int] = set()
         self._since = utcnow()
 
     def poll(self) -> list[tuple[int | None, dict]]:
         now = utcnow()
+        columns = (Job.id, Job.state, Job.phase, Job.progress_step, Job.progress_total, Job.priority,
+                   Job.cancel_requested)
         with self._sessions() as s:
-            jobs = list(s.scalars(select(Job).where(or_(
-                Job.state.in_((JobState.INTAKE, JobState.QUEUED, JobState.RUNNING)),
-                Job.finished_at >= self._since - timedelta(seconds=5)))))
+            if self._seen is None:
+                self._max_id = s.scalar(select(func.max(Job.id))) or 0
+            rows = s.execute(select(*columns).where(or_(
+                Job.state.in_((JobState.INTAKE, JobState.RUNNING)),
+                Job.id > self._max_id,
+                Job.id.in_(self._in_intake),  # to see them queued: they are not new by then
+                Job.finished_at >= self._since - timedelta(seconds=5)))).all()
         self._since = now
-        events = []
-        seen = {}
-        for job in jobs:
-            key = (job.state, job.phase, job.progress_step, job.priority, job.cancel_requested)
-            seen[job.id] = key
-            before = self._seen.get(job.id) if self._seen is not None else key
-            if before == key or job.state == JobState.INTAKE:
+        first_look, events, seen = self._seen is None, [], {}
+        for job_id, state, phase, step, total, priority, cancelling in rows:
+            self._max_id = max(self._max_id, job_id)
+            key = (state, phase, step, priority, cancelling)
+            seen[job_id] = key
+            before = None if first_look else self._seen.get(job_id)
+            if first_look or before == key or state == JobState.INTAKE:
                 continue
-            changed_state = before is None or before[0] != job.state
-            kind = _STATE_EVENTS[job.state] if changed_state or job.state != JobState.RUNNING else "job.progress"
-            events.append((None, {"type": kind, "job_id": job.id, "payload": {
-                "state": job.state.value, "phase": job.phase, "step": job.progress_step,
-                "total": job.progress_total, "priority": job.priority}}))
+            changed_state = before is None or before[0] != state
+            kind = _STATE_EVENTS[state] if changed_state or state != JobState.RUNNING else "job.progress"
+            events.append((None, {"type": kind, "job_id": job_id, "payload": {
+                "state": state.value, "phase": phase, "step": step, "total": total, "priority": priority}}))
         self._seen = seen
+        self._in_intake = {job_id for job_id, key in seen.items() if key[0] == JobState.INTAKE}
         return events
 
 
