@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -86,6 +87,19 @@ def _parser() -> argparse.ArgumentParser:
     listing = jobs.add_parser("list", help="recent jobs with their attempts")
     listing.add_argument("--limit", type=int, default=20)
     listing.set_defaults(func=cmd_jobs_list)
+
+    events = sub.add_parser("events", help="the job-event stream (what webhooks receive)")
+    events.add_argument("--since", type=int, metavar="ID", help="only events after this id (default: all kept; "
+                        "with --follow, only new ones)")
+    events.add_argument("--follow", "-f", action="store_true", help="keep printing new events until Ctrl-C")
+    events.add_argument("--json", action="store_true", help="one JSON object per line, for scripts (| jq)")
+    events.add_argument("--type", action="append", metavar="TYPE", help="only this type or glob (job.*); repeatable")
+    events.add_argument("--job", type=int, metavar="ID", help="only this job's events")
+    events.set_defaults(func=cmd_events)
+
+    prune = sub.add_parser("prune", help="delete finished jobs and their events older than retention_days")
+    prune.add_argument("--days", type=float, help="override retention_days for this run")
+    prune.set_defaults(func=cmd_prune)
 
     db = sub.add_parser("db", help="database schema").add_subparsers(required=True, metavar="ACTION")
     db.add_parser("upgrade", help="apply migrations up to the newest").set_defaults(func=cmd_db_upgrade)
@@ -321,6 +335,56 @@ Next, as root:
   install -D -m 0640 -g i2vd {SYSTEMD_DIR / "i2vd.env.example"} /etc/i2vd/i2vd.env   # if not there yet
   systemctl daemon-reload
   systemctl enable --now i2vd        # or one per GPU: systemctl enable --now i2vd@0 i2vd@1""")
+    return 0
+
+
+EVENTS_FOLLOW_INTERVAL = 0.5  # seconds between looks for new events
+
+
+def cmd_events(settings: Settings, args) -> int:
+    from daemon.events.kinds import EVENT_TYPES, matching_types
+    from daemon.events.log import EventLog
+
+    events = EventLog(_sessions(settings))
+    types = set(matching_types(args.type)) if args.type else None
+    if types == set():
+        print(f"i2vd: no event type matches {', '.join(args.type)}; types: {', '.join(EVENT_TYPES)}", file=sys.stderr)
+        return 2
+    after = args.since if args.since is not None else (events.latest_id() if args.follow else 0)
+    try:
+        while True:
+            batch = events.since(after, types=types, job_id=args.job)
+            for event in batch:
+                print(json.dumps(event.to_json(), ensure_ascii=False) if args.json else _event_line(event),
+                      flush=args.follow)
+                after = event.id
+            if not args.follow:
+                return 0
+            if not batch:
+                time.sleep(EVENTS_FOLLOW_INTERVAL)
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:  # `i2vd events | head`: the reader has what it wanted
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout once more at exit
+        return 0
+
+
+def _event_line(event) -> str:
+    job = f"job {event.job_id}" if event.job_id is not None else "-"
+    data = " ".join(f"{k}={v}" for k, v in event.payload.items() if v not in (None, "", {}, []) and k != "params")
+    return f"{event.id:>6}  {event.created_at:%Y-%m-%d %H:%M:%S}  {event.type:<19} {job:<9} {data[:160]}"
+
+
+def cmd_prune(settings: Settings, args) -> int:
+    from daemon.events.retention import prune
+
+    days = args.days if args.days is not None else settings.retention_days
+    if days is None or days <= 0:
+        print("i2vd: retention_days is not set; give --days N (N > 0) or set I2VD_RETENTION_DAYS", file=sys.stderr)
+        return 2
+    pruned = prune(_sessions(settings), days, delete_outputs=settings.retention_delete_outputs)
+    files = f", {pruned.files} output file(s)" if settings.retention_delete_outputs else " (videos kept)"
+    print(f"pruned {pruned.jobs} job(s) finished over {days:g} day(s) ago and {pruned.events} event(s){files}")
     return 0
 
 

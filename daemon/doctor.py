@@ -40,7 +40,7 @@ def run_checks(settings: Settings) -> list[Finding]:
     checks: list[tuple[str, Callable[[Settings], list[Finding]]]] = [
         ("python", check_python), ("gpu", check_gpu), ("ffmpeg", check_ffmpeg), ("model", check_model),
         ("database", check_database), ("folders", check_folders), ("inbox-fs", check_inbox_filesystem),
-        ("disk", check_disk), ("systemd", check_unit),
+        ("disk", check_disk), ("systemd", check_unit), ("webhooks", check_webhooks),
     ]
     findings: list[Finding] = []
     if settings.intake_only:
@@ -239,6 +239,37 @@ def check_unit(_settings: Settings) -> list[Finding]:
                                                        "re-run `i2vd install-systemd` to point it here."))
         else:
             findings.append(Finding("systemd", "ok", f"{unit} installed, running {exec_start}."))
+    return findings
+
+
+WEBHOOK_CONNECT_TIMEOUT = 3.0
+
+
+def check_webhooks(settings: Settings) -> list[Finding]:
+    """Each webhook URL is http(s) and its host accepts connections; a bad one only loses its events."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from daemon.events.webhooks import redact, url_problem
+
+    findings = []
+    for url in settings.webhook_urls:
+        if (problem := url_problem(url)) is not None:
+            findings.append(Finding("webhooks", "warn", f"{url!r} is skipped: {problem}. Fix webhook_urls."))
+            continue
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            socket.create_connection((parts.hostname, port), timeout=WEBHOOK_CONNECT_TIMEOUT).close()
+        except OSError as exc:
+            findings.append(Finding("webhooks", "warn", f"{redact(url)}: cannot connect to {parts.hostname}:{port} "
+                                                        f"({exc.strerror or exc}); events wait and are retried "
+                                                        f"for {settings.webhook_give_up_hours:g} h."))
+        else:
+            findings.append(Finding("webhooks", "ok", f"{redact(url)} accepts connections."))
+    if settings.webhook_urls and settings.webhook_secret is None:
+        findings.append(Finding("webhooks", "warn", "webhook_secret is not set: events are sent unsigned, so "
+                                                    "receivers cannot tell them from forgeries."))
     return findings
 
 

@@ -329,6 +329,8 @@ class Intake:
                 move(path, failed_dir / f"{base}{path.suffix}")
             except FileNotFoundError:
                 pass
+        self.queue.record_rejection(rejection.code, str(rejection), report["files"], hint=rejection.hint,
+                                    folder=str(rel_dir) if rel_dir.parts else "", error_file=f"{base}.error.json")
         self.stats.rejected[rejection.code] = self.stats.rejected.get(rejection.code, 0) + 1
         metrics.intake_rejections.labels(rejection.code).inc()
         log.warning("intake_rejected", error_code=rejection.code, reason=str(rejection),

@@ -32,6 +32,10 @@ denoising_rate = Gauge("i2vd_denoising_steps_per_second", "Denoising speed of th
 oom_downgrades = Counter("i2vd_oom_downgrades", "Steps down the OOM ladder after CUDA ran out of memory.")
 intake_rejections = Counter("i2vd_intake_rejections", "Dropped inputs moved to failed/, by error code.",
                             ["code"])
+webhook_deliveries = Counter("i2vd_webhook_deliveries", "Webhook POSTs by outcome: delivered, failed (tried "
+                             "again later), gave_up (retried for webhook_give_up_hours).", ["outcome"])
+for _outcome in ("delivered", "failed", "gave_up"):
+    webhook_deliveries.labels(_outcome)
 for _outcome in OUTCOMES:  # present as 0 from the start, so rate() and alerts work before the first job
     job_duration.labels(_outcome)
 

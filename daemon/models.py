@@ -1,11 +1,24 @@
-"""Database tables: jobs, their attempts, and the workers that ran them. Alembic owns the schema."""
+"""Database tables: jobs, their attempts, the workers that ran them, and the event outbox. Alembic owns the
+schema."""
 
 from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Enum, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -128,3 +141,59 @@ class WorkerRecord(Base):
     started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     stopped_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # a clean shutdown
+
+
+# Event ids only grow: a reader's cursor (`i2vd events --since`, the web page, the webhook fan-out) is the
+# last id it saw. BIGINT on PostgreSQL; on SQLite, INTEGER PRIMARY KEY AUTOINCREMENT never reuses the id
+# of a deleted newest row (plain rowids would).
+EventId = Integer().with_variant(BigInteger(), "postgresql")
+
+
+class Event(Base):
+    """One change a user cares about (see daemon/events/kinds.py), written in the change's own transaction."""
+
+    __tablename__ = "events"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(EventId, primary_key=True, autoincrement=True)
+    type: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[int | None] = mapped_column(Integer, index=True)  # no foreign key: events outlive nothing
+    payload: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class WebhookEndpoint(Base):
+    """A configured webhook URL, how far the outbox has been fanned out to it, and which daemon sends to it
+    (one at a time, so a receiver gets events in order)."""
+
+    __tablename__ = "webhook_endpoints"
+
+    url: Mapped[str] = mapped_column(String(2048), primary_key=True)
+    first_event_id: Mapped[int] = mapped_column(EventId)  # events up to here predate the URL's configuration
+    scanned_up_to: Mapped[int] = mapped_column(EventId)  # every event up to here has its delivery row
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class WebhookDelivery(Base):
+    """Delivery state of one event to one URL: at-least-once, retried with backoff until it gives up."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("event_id", "url", name="uq_webhook_deliveries_event_url"),
+        Index("ix_webhook_deliveries_due", "url", "state", "next_attempt_at"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(EventId, primary_key=True, autoincrement=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(String(2048))
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending, delivered, failed (gave up)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(255))  # the daemon posting it right now
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_status: Mapped[int | None] = mapped_column(Integer)  # HTTP status of the last attempt
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime)

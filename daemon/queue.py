@@ -1,18 +1,29 @@
-"""Job queue data access: every read and state change of jobs and attempts goes through here."""
+"""Job queue data access: every read and state change of jobs and attempts goes through here.
+
+Each state change writes its event (daemon/events/kinds.py) in its own transaction, and every write to
+a running job is fenced on its lease owner: a worker that lost its lease changes nothing.
+"""
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select, update
+from pathlib import Path
+
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.models import Attempt, Job, JobState, utcnow
+from daemon.events import kinds
+from daemon.events.log import record_event
+from daemon.models import Attempt, Event, Job, JobState, utcnow
+
+PROGRESS_EVENT_INTERVAL = 1.0  # seconds: at most one job.progress event a second per job (phases always)
 
 
 def worker_identity() -> str:
@@ -38,6 +49,7 @@ class JobQueue:
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
+        self._progress_events: dict[int, tuple[str, float]] = {}  # job -> (phase, monotonic) of its last one
 
     # -- intake -------------------------------------------------------------------------------
 
@@ -62,7 +74,27 @@ class JobQueue:
 
     def mark_queued(self, job_id: int) -> bool:
         """intake -> queued; False when the job had already left intake."""
-        return self._transition(job_id, (JobState.INTAKE,), state=JobState.QUEUED)
+        with self._sessions() as s:
+            job = s.execute(
+                update(Job).where(Job.id == job_id, Job.state == JobState.INTAKE).values(state=JobState.QUEUED)
+                .returning(Job.output_stem, Job.source_image, Job.source_sidecar, Job.priority, Job.params)
+            ).one_or_none()
+            if job is not None:
+                record_event(s, kinds.JOB_QUEUED, job_id, {
+                    "name": job.output_stem, "image": Path(job.source_image).name,
+                    "sidecar": Path(job.source_sidecar).name if job.source_sidecar else None,
+                    "priority": job.priority, "params": job.params})
+            s.commit()
+            return job is not None
+
+    def record_rejection(self, code: str, message: str, files: list[str], *, hint: str | None = None,
+                         folder: str = "", error_file: str | None = None) -> None:
+        """A dropped pair was moved to failed/ (no job was made): its input.rejected event."""
+        with self._sessions() as s:
+            record_event(s, kinds.INPUT_REJECTED, None, {"code": code, "message": message, "hint": hint,
+                                                         "files": files, "folder": folder,
+                                                         "error_file": error_file})
+            s.commit()
 
     def in_intake(self, older_than: timedelta | None = None) -> list[Job]:
         with self._sessions() as s:
@@ -117,6 +149,9 @@ class JobQueue:
             attempt = Attempt(job_id=job_id, number=number, worker=worker, params=params, rung=rung,
                               worker_id=worker_id)
             s.add(attempt)
+            s.flush()
+            record_event(s, kinds.JOB_STARTED, job_id, {"attempt": number, "rung": rung, "worker": worker,
+                                                        "params": params})
             s.commit()
             return attempt
 
@@ -144,13 +179,26 @@ class JobQueue:
             s.commit()
             return result.rowcount == 1
 
-    def progress(self, job_id: int, phase: str, step: int | None = None, total: int | None = None) -> bool:
-        """Record progress; returns whether a cancel was requested meanwhile."""
+    def progress(self, job_id: int, phase: str, step: int | None = None, total: int | None = None, *,
+                 owner: str) -> bool:
+        """Record progress of `owner`'s job; returns whether a cancel was requested meanwhile.
+
+        Writes a job.progress event on a phase change and at most once a second otherwise. Nothing
+        is written once `owner` lost the job (its heartbeat then stops it).
+        """
+        last_phase, last_at = self._progress_events.get(job_id, (None, 0.0))
+        now = time.monotonic()
+        emit = phase != last_phase or now - last_at >= PROGRESS_EVENT_INTERVAL
         with self._sessions() as s:
-            cancel = s.scalar(update(Job).where(Job.id == job_id).values(
-                phase=phase, progress_step=step, progress_total=total).returning(Job.cancel_requested))
+            cancel = s.execute(
+                update(Job).where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.RUNNING)
+                .values(phase=phase, progress_step=step, progress_total=total).returning(Job.cancel_requested)
+            ).one_or_none()
+            if cancel is not None and emit:
+                record_event(s, kinds.JOB_PROGRESS, job_id, {"phase": phase, "step": step, "total": total})
+                self._progress_events[job_id] = (phase, now)
             s.commit()
-            return bool(cancel)
+            return bool(cancel and cancel[0])
 
     def set_outputs(self, job_id: int, output_path: str, metadata_path: str, owner: str) -> bool:
         """Record the final names before they are published, so recovery can find them.
@@ -167,19 +215,44 @@ class JobQueue:
             s.commit()
             return result.rowcount == 1
 
-    def succeed(self, job_id: int) -> bool:
-        return self._finish(job_id, JobState.SUCCEEDED)
+    def succeed(self, job_id: int, owner: str, *, rung: str | None = None, timings: dict | None = None,
+                recovered: bool = False) -> bool:
+        """running -> succeeded, only while `owner` holds the job; outputs are those set_outputs recorded."""
+        with self._sessions() as s:
+            row = self._end(job_id, JobState.SUCCEEDED, owner).returning(Job.output_path, Job.metadata_path)
+            done = s.execute(row).one_or_none()
+            if done is not None:
+                self._end_events(s, job_id, kinds.JOB_SUCCEEDED, {
+                    "video": done.output_path, "metadata": done.metadata_path, "rung": rung,
+                    "timings": timings or {}, "recovered": recovered})
+            s.commit()
+            return done is not None
 
-    def fail(self, job_id: int, code: str, message: str) -> bool:
-        return self._finish(job_id, JobState.FAILED, error_code=code, error_message=message)
+    def fail(self, job_id: int, code: str, message: str, *, owner: str | None = None) -> bool:
+        """-> failed: a running job only by its `owner`; without one, only a job nobody runs (intake, queued)."""
+        with self._sessions() as s:
+            result = s.execute(self._end(job_id, JobState.FAILED, owner, error_code=code, error_message=message))
+            if result.rowcount == 1:
+                self._end_events(s, job_id, kinds.JOB_FAILED, {"code": code, "message": message})
+            s.commit()
+            return result.rowcount == 1
 
-    def requeue(self, job_id: int, owner: str | None = None, delay_seconds: float = 0, *,
-                expired_before: datetime | None = None) -> bool:
-        """running -> queued (shutdown, lost worker, retry after `delay_seconds`); only `owner`'s if given.
+    def requeue(self, job_id: int, owner: str | None = None, *, expired_before: datetime | None = None,
+                reason: str = "interrupted") -> bool:
+        """running -> queued (shutdown, lost lease, dead worker); only `owner`'s if given.
 
         With `expired_before`, only while the lease is still expired: a slow owner that renewed it
         in the meantime keeps its job.
         """
+        return self._requeue(job_id, owner, 0, expired_before, kinds.JOB_QUEUED, {"reason": reason})
+
+    def schedule_retry(self, job_id: int, owner: str, delay_seconds: float, error: str) -> bool:
+        """running -> queued, claimable again after `delay_seconds` (a transient failure)."""
+        return self._requeue(job_id, owner, delay_seconds, None, kinds.JOB_RETRY_SCHEDULED,
+                             {"error": error, "delay_seconds": delay_seconds})
+
+    def _requeue(self, job_id: int, owner: str | None, delay_seconds: float, expired_before: datetime | None,
+                 event: str, data: dict) -> bool:
         with self._sessions() as s:
             q = update(Job).where(Job.id == job_id, Job.state == JobState.RUNNING)
             if owner is not None:
@@ -190,23 +263,41 @@ class JobQueue:
             result = s.execute(q.values(
                 state=JobState.QUEUED, lease_owner=None, lease_expires_at=None, phase=None,
                 progress_step=None, progress_total=None, run_after=run_after))
+            if result.rowcount == 1:
+                record_event(s, event, job_id, {**data, "run_after": run_after.isoformat() if run_after else None})
             s.commit()
             return result.rowcount == 1
 
     def cancel(self, job_id: int) -> JobState | None:
         """queued -> cancelled at once; running -> asked to stop at its next step. None: no such job."""
-        if self._finish(job_id, JobState.CANCELLED, from_states=(JobState.QUEUED,)):
-            return JobState.CANCELLED
-        self._transition(job_id, (JobState.RUNNING,), cancel_requested=True)
+        with self._sessions() as s:
+            result = s.execute(self._end(job_id, JobState.CANCELLED, None, from_states=(JobState.QUEUED,)))
+            if result.rowcount == 1:
+                self._end_events(s, job_id, kinds.JOB_CANCELLED, {"while": "queued"})
+                s.commit()
+                return JobState.CANCELLED
+            s.execute(update(Job).where(Job.id == job_id, Job.state == JobState.RUNNING)
+                      .values(cancel_requested=True))
+            s.commit()
         job = self.get(job_id)
         return job.state if job else None
 
     def set_priority(self, job_id: int, priority: int) -> bool:
         """Reorder a waiting job (higher runs first); False when it is no longer intake or queued."""
-        return self._transition(job_id, (JobState.INTAKE, JobState.QUEUED), priority=priority)
+        with self._sessions() as s:
+            result = s.execute(update(Job).values(priority=priority).where(
+                Job.id == job_id, Job.state.in_((JobState.INTAKE, JobState.QUEUED))))
+            s.commit()
+            return result.rowcount == 1
 
-    def mark_cancelled(self, job_id: int) -> bool:
-        return self._finish(job_id, JobState.CANCELLED, from_states=(JobState.RUNNING,))
+    def mark_cancelled(self, job_id: int, owner: str) -> bool:
+        """running -> cancelled, once `owner`'s worker stopped the job on request."""
+        with self._sessions() as s:
+            result = s.execute(self._end(job_id, JobState.CANCELLED, owner))
+            if result.rowcount == 1:
+                self._end_events(s, job_id, kinds.JOB_CANCELLED, {"while": "running"})
+            s.commit()
+            return result.rowcount == 1
 
     def retry(self, job_id: int) -> Job:
         """A new queued job with the same inputs and parameters, linked to the failed or cancelled one."""
@@ -223,23 +314,30 @@ class JobQueue:
                 sidecar_path=old.sidecar_path, retried_from_id=old.id,
             )
             s.add(job)
+            s.flush()
+            record_event(s, kinds.JOB_QUEUED, job.id, {
+                "name": job.output_stem, "image": Path(job.image_path).name,
+                "sidecar": Path(job.sidecar_path).name if job.sidecar_path else None,
+                "priority": job.priority, "params": job.params, "retry_of": old.id})
             s.commit()
             return job
 
-    def _finish(self, job_id: int, state: JobState, from_states: tuple[JobState, ...] | None = None,
-                **values: object) -> bool:
-        return self._transition(
-            job_id, from_states or (JobState.RUNNING, JobState.QUEUED, JobState.INTAKE), state=state,
-            finished_at=utcnow(), lease_owner=None, lease_expires_at=None, **values,
-        )
+    @staticmethod
+    def _end(job_id: int, state: JobState, owner: str | None,
+             from_states: tuple[JobState, ...] = (JobState.INTAKE, JobState.QUEUED), **values: object):
+        """The UPDATE that ends a job: a running one only by its owner, else one nobody holds."""
+        q = update(Job).where(Job.id == job_id)
+        if owner is not None:
+            q = q.where(Job.state == JobState.RUNNING, Job.lease_owner == owner)
+        else:
+            q = q.where(Job.state.in_(from_states))
+        return q.values(state=state, finished_at=utcnow(), lease_owner=None, lease_expires_at=None, **values)
 
-    def _transition(self, job_id: int, from_states: tuple[JobState, ...], **values: object) -> bool:
-        with self._sessions() as s:
-            result = s.execute(
-                update(Job).where(Job.id == job_id, Job.state.in_(from_states)).values(**values)
-            )
-            s.commit()
-            return result.rowcount == 1
+    def _end_events(self, s: Session, job_id: int, event: str, data: dict) -> None:
+        """A finished job's progress events have served their purpose; its ending is recorded."""
+        s.execute(delete(Event).where(Event.job_id == job_id, Event.type == kinds.JOB_PROGRESS))
+        self._progress_events.pop(job_id, None)
+        record_event(s, event, job_id, data)
 
     # -- recovery -----------------------------------------------------------------------------
 

@@ -56,10 +56,11 @@ def recover_jobs(queue: JobQueue, max_crash_attempts: int) -> list[int]:
         elif crashes >= max_crash_attempts:
             message = (f"poison job: its worker crashed {crashes} times while running it "
                        f"(max_crash_attempts={max_crash_attempts}); not run again")
-            if not queue.fail(job.id, "poison_job", message):
+            if not queue.fail(job.id, "poison_job", message, owner=job.lease_owner):
                 continue
             log.error("job_failed", job_id=job.id, error_code="poison_job", error=message)
-        elif queue.requeue(job.id, job.lease_owner, expired_before=now if expired else None):
+        elif queue.requeue(job.id, job.lease_owner, expired_before=now if expired else None,
+                           reason="lease_expired" if expired else "worker_died"):
             log.warning("job_requeued", job_id=job.id, previous_owner=job.lease_owner,
                         reason="lease expired" if expired else "worker process died")
         else:
@@ -79,7 +80,8 @@ def _finish_published(queue: JobQueue, job: Job) -> bool:
                                      "params": job.params, "recovered": True,
                                      "note": "the worker stopped after publishing the video; "
                                              "timings and attempts are in `i2vd jobs show`"})
-    if not queue.succeed(job.id):
+    rung = job.attempts[-1].rung if job.attempts else None
+    if not queue.succeed(job.id, job.lease_owner, rung=rung, recovered=True):
         return False
     log.info("job_succeeded", job_id=job.id, output=job.output_path, recovered=True)
     return True

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon import __version__, logs, metrics
 from daemon.db import make_engine, session_factory, sqlite_path, upgrade
 from daemon.errors import I2vdError
+from daemon.events.background import EventServices
 from daemon.intake import Intake
 from daemon.logs import get_logger
 from daemon.metrics import MetricsServer
@@ -175,6 +176,8 @@ class Daemon:
             registry.start()
             worker_thread = threading.Thread(target=self._run_worker, args=(worker,), name="worker", daemon=True)
             worker_thread.start()
+        events = EventServices(s, sessions)  # webhook delivery and pruning, in their own threads
+        events.start()
         self._status = self._status_line(queue, worker)
         self.notifier.ready(self._status)
         log.info("daemon_ready", observer=mode, settle_seconds=s.settle_seconds, intake_only=worker is None)
@@ -229,6 +232,7 @@ class Daemon:
             if worker is not None:
                 self._stop_worker(worker, worker_thread)
                 registry.stop()
+            events.stop()
             observer.join(timeout=5)
         log.info("daemon_stopped")
         return 1 if self.worker_crashed else 0

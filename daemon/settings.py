@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -78,11 +78,26 @@ class Settings(BaseSettings):
     startup_timeout_seconds: float = Field(
         3600.0, gt=0, description="Under systemd: how long migrations plus model download and load may take.")
 
+    # Events: webhooks and retention (URLs are checked by `i2vd doctor` and skipped with an error, never fatal)
+    webhook_urls: list[str] = Field([], description="POST each event, signed, to these URLs (JSON list).")
+    webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key of X-I2VD-Signature.")
+    webhook_events: list[str] = Field([], description="Event types or globs (job.*) to POST; default all "
+                                      "but job.progress.")
+    webhook_timeout_seconds: float = Field(5.0, gt=0, description="One POST's limit, connecting included.")
+    webhook_backoff_seconds: float = Field(2.0, gt=0, description="First retry delay; doubles, with jitter.")
+    webhook_backoff_max_seconds: float = Field(600.0, gt=0, description="Longest wait between two tries.")
+    webhook_give_up_hours: float = Field(24.0, gt=0, description="Stop retrying an event this long after it.")
+    webhook_poll_seconds: float = Field(1.0, gt=0, description="How often new events are looked for.")
+    retention_days: float | None = Field(None, gt=0, description="Delete finished jobs and their events after "
+                                         "this many days (daily, and `i2vd prune`); default: keep.")
+    retention_delete_outputs: bool = Field(False, description="Pruning also deletes the jobs' videos and "
+                                           "metadata files.")
+
     # Web page (`i2vd web`, a process of its own)
     web_address: str = Field("127.0.0.1:7860", description="host:port of the web page and API; any address "
                              "but loopback needs web_token.")
-    web_token: str | None = Field(None, min_length=16, description="Bearer token for the API and the page's "
-                                  "login; required off loopback.")
+    web_token: SecretStr | None = Field(None, min_length=16, description="Bearer token for the API and the "
+                                        "page's login; required off loopback.")
 
     @field_validator("inbox_dir", "outputs_dir", "state_dir", "log_file")
     @classmethod

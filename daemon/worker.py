@@ -108,7 +108,7 @@ class Worker:
     def _publish(self, job: Job, attempt, requested: GenerationParams, rung: Rung, tried: list[Rung],
                  frames, started: float, lease_lost: threading.Event) -> None:
         generated = time.monotonic()
-        self.queue.progress(job.id, "encoding_video")
+        self.queue.progress(job.id, "encoding_video", owner=self.owner)
         params = rung.params
         paths = choose_paths(self.settings.outputs_dir, job.output_subdir, self.settings.output_prefix,
                              job.output_stem, job.created_at.astimezone())
@@ -125,7 +125,10 @@ class Worker:
         })
         metadata["downgrade"] = _downgrade(requested, rung) if tried else None
         publish_outputs(tmp, paths, metadata)
-        self.queue.succeed(job.id)
+        timings = {**metadata["timings"], "total_seconds": round(time.monotonic() - started, 3)}
+        if not self.queue.succeed(job.id, self.owner, rung=rung.name, timings=timings):
+            log.warning("job_success_not_recorded", job_id=job.id, reason="the lease was lost; recovery finishes it")
+            return
         metrics.job_finished("succeeded", time.monotonic() - started)
         log.info("job_succeeded", job_id=job.id, output=str(paths.video), rung=rung.name,
                  seconds=round(time.monotonic() - started, 3))
@@ -133,12 +136,12 @@ class Worker:
     def _interrupted(self, job: Job, attempt, stop: _StopFlags, heartbeat: _Heartbeat) -> None:
         if stop.cancelled:
             self.queue.finish_attempt(attempt.id, "cancelled", error_message="cancelled by request")
-            self.queue.mark_cancelled(job.id)
+            self.queue.mark_cancelled(job.id, self.owner)
             log.info("job_cancelled", job_id=job.id)
             return
         self.queue.finish_attempt(attempt.id, "interrupted", error_type="GenerationInterrupted",
                                   error_message="lease lost" if heartbeat.lost.is_set() else "daemon stopping")
-        self.queue.requeue(job.id, self.owner)
+        self.queue.requeue(job.id, self.owner, reason="lease_lost" if heartbeat.lost.is_set() else "daemon_stopping")
         log.info("job_interrupted", job_id=job.id, lease_lost=heartbeat.lost.is_set())
 
     def _failed(self, job: Job, attempt, exc: Exception) -> None:
@@ -151,12 +154,12 @@ class Worker:
                       if a.outcome == "failed" and (attempt is None or a.id != attempt.id))
         decision = self.retry_policy.decide(exc, earlier)
         if decision.retry:
-            self.queue.requeue(job.id, self.owner, delay_seconds=decision.delay_seconds)
+            self.queue.schedule_retry(job.id, self.owner, decision.delay_seconds, message)
             log.warning("job_retry_scheduled", job_id=job.id, error=message, delay_seconds=decision.delay_seconds)
             return
         code = exc.code if isinstance(exc, InputRejected) else (
             "out_of_memory" if isinstance(exc, LadderExhausted) else "generation_error")
-        self.queue.fail(job.id, code, message)
+        self.queue.fail(job.id, code, message, owner=self.owner)
         log.error("job_failed", job_id=job.id, error_code=code, error=message)
 
     def _load_image(self, job: Job):
@@ -179,7 +182,7 @@ class Worker:
             now = time.monotonic()
             if progress.phase != last["phase"] or now - last["at"] >= PROGRESS_WRITE_INTERVAL \
                     or progress.step == progress.total:
-                if self.queue.progress(job.id, progress.phase, progress.step, progress.total):
+                if self.queue.progress(job.id, progress.phase, progress.step, progress.total, owner=self.owner):
                     stop.cancelled = True
                 last["phase"], last["at"] = progress.phase, now
             if stop.should_stop:

@@ -15,6 +15,7 @@ from sqlalchemy import insert, text
 
 from conftest import TINY_SIDECAR, wait_for
 from daemon.errors import InputRejected
+from daemon.events.log import EventLog
 from daemon.models import Job, JobState, utcnow
 from daemon.queue import NewJob
 from daemon.sidecar import parse_sidecar
@@ -92,6 +93,9 @@ def test_rejections_carry_the_sidecar_and_intake_codes_and_messages(web_factory)
     assert web.queue.counts()[JobState.QUEUED] == 0
     done = web.settings.done_dir / "web"
     assert not [p for p in done.rglob("*") if p.is_file()]
+    rejected = EventLog(web.sessions()).since(types=["input.rejected"])
+    assert [(r.payload["code"], r.payload["files"], r.payload["folder"]) for r in rejected][3:5] == [
+        ("not_an_image", ["fake.png"], "web"), ("not_an_image", ["notes.txt"], "web")]
 
 
 def parse_sidecar_error(data: dict) -> dict:
@@ -149,7 +153,7 @@ def finished_job(web, stem="clip", poster: str | None = "clip.jpg") -> Job:
     queue.mark_queued(job.id)
     claimed = queue.claim("test:1", 60)
     assert claimed.id == job.id
-    assert queue.set_outputs(job.id, str(video), str(metadata), "test:1") and queue.succeed(job.id)
+    assert queue.set_outputs(job.id, str(video), str(metadata), "test:1") and queue.succeed(job.id, "test:1")
     return queue.get(job.id)
 
 
@@ -176,50 +180,39 @@ def test_video_and_poster_are_served_by_job_id(web):
     assert f'<video src="/api/jobs/{plain.id}/video"' in gallery  # else the video itself
 
 
-def test_events_stream_job_changes(web):
+def read_events(response, count: int, timeout: float = 20) -> list[tuple[int, dict]]:
+    """The first `count` events of an SSE response, as (id, event)."""
+    events, event_id, deadline = [], None, time.monotonic() + timeout
+    for line in response.iter_lines(decode_unicode=True):
+        if line.startswith("id: "):
+            event_id = int(line[4:])
+        elif line.startswith("data: "):
+            events.append((event_id, json.loads(line[6:])))
+        if len(events) >= count or time.monotonic() > deadline:
+            break
+    return events
+
+
+def test_events_stream_from_the_outbox_and_resume_after_last_event_id(web):
     job_id = post_job(web).json()["id"]
-    with requests.get(f"{web.url}/api/events", stream=True, timeout=30) as stream:
-        assert stream.headers["content-type"].startswith("text/event-stream")
-        lines = stream.iter_lines(decode_unicode=True)
-        time.sleep(1)  # the stream has taken its first look
-        claimed = web.queue.claim("test:1", 60)
-        assert claimed.id == job_id
-        time.sleep(1.2)  # seen as started first, then as progressing
-        web.queue.progress(job_id, "denoising", 3, 10)
-        events = []
-        deadline = time.monotonic() + 20
-        for line in lines:
-            if line.startswith("data: "):
-                events.append(json.loads(line[6:]))
-            if any(e["type"] == "job.progress" for e in events) or time.monotonic() > deadline:
-                break
-    assert [e["type"] for e in events][:2] == ["job.started", "job.progress"]
-    progress = events[1]
-    assert progress["job_id"] == job_id and progress["payload"]["step"] == 3 and progress["payload"]["total"] == 10
+    with requests.get(f"{web.url}/api/events", stream=True, timeout=30) as live:
+        assert live.headers["content-type"].startswith("text/event-stream")
+        time.sleep(1)  # subscribed: from here on, not the job.queued before
+        job = web.queue.claim("test:1", 60)
+        web.queue.start_attempt(job_id, "test:1", job.params)
+        web.queue.progress(job_id, "denoising", 3, 10, owner="test:1")
+        events = read_events(live, 2)
+    assert [(e["type"], e["job_id"]) for _, e in events] == [("job.started", job_id), ("job.progress", job_id)]
+    assert events[1][1]["data"] == {"phase": "denoising", "step": 3, "total": 10}
 
-
-def test_the_job_table_feed_sees_arrivals_starts_progress_and_endings(web):
-    from daemon.web.stream import JobTableFeed
-
-    feed = JobTableFeed(web.sessions())
-    assert feed.poll() == []  # the first look only takes stock
-    queue = web.queue
-    job, _ = queue.create(NewJob("k1", {"prompt": "p"}, 0, "a", "", "/in/a.png", None, "/done/a.png", None))
-    assert feed.poll() == []  # still in intake: not claimable, not news
-    queue.mark_queued(job.id)
-    other, _ = queue.create(NewJob("k2", {"prompt": "p"}, 0, "b", "", "/in/b.png", None, "/done/b.png", None))
-    queue.mark_queued(other.id)
-    assert [(e["type"], e["job_id"]) for _, e in feed.poll()] == [("job.queued", job.id), ("job.queued", other.id)]
-    queue.claim("test:1", 60)
-    queue.progress(job.id, "denoising", 1, 10)
-    assert [e["type"] for _, e in feed.poll()] == ["job.started"]
-    queue.progress(job.id, "denoising", 2, 10)
-    queue.cancel(other.id)
-    assert sorted((e["type"], e["job_id"]) for _, e in feed.poll()) == [("job.cancelled", other.id),
-                                                                        ("job.progress", job.id)]
-    queue.succeed(job.id)
-    assert [e["type"] for _, e in feed.poll()] == ["job.succeeded"]
-    assert feed.poll() == []
+    # A browser reconnecting sends the last id it saw and gets what it missed, in order.
+    started_id = events[0][0]
+    with requests.get(f"{web.url}/api/events", headers={"Last-Event-ID": str(started_id)}, stream=True,
+                      timeout=30) as resumed:
+        assert [e["type"] for _, e in read_events(resumed, 1)] == ["job.progress"]
+    with requests.get(f"{web.url}/api/events", params={"after": 0, "types": "job.queued"}, stream=True,
+                      timeout=30) as replay:
+        assert [(e["type"], e["job_id"]) for _, e in read_events(replay, 1)] == [("job.queued", job_id)]
 
 
 def test_lists_stay_paginated_and_indexed_with_10000_jobs(web):

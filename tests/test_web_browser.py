@@ -95,9 +95,9 @@ def test_upload_watch_play_cancel_and_see_a_rejection(dirs, run_daemon, browser_
                "a lighthouse in a storm", steps="150")
         assert page.locator("#outcomes li.ok").count() == 2
         page.goto(f"{url}/")
-        assert page.inner_text('#waiting tr[data-job-row="3"] .position') == "1"
         step = '#running .progress[data-job="2"] .step'
         first = int(page.wait_for_selector(step + ":has-text('step')").inner_text().split()[1].split("/")[0])
+        page.wait_for_selector('#waiting tr[data-job-row="3"] .position:text-is("1")')
         page.wait_for_function(
             f"() => {{ const s = document.querySelector('{step}');"
             f" return s && parseInt(s.textContent.split(' ')[1]) > {first}; }}")

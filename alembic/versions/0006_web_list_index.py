@@ -1,14 +1,14 @@
 """index for the web page's job lists
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0004
 Create Date: 2026-11-23
 """
 
 from alembic import op
 
 revision = "0006"
-down_revision = "0003"
+down_revision = "0004"  # 0003 in the brief; rechained onto the events outbox merged here
 branch_labels = None
 depends_on = None
 

@@ -26,7 +26,7 @@ from daemon.web import catalog
 from daemon.web.catalog import JobFilter
 from daemon.web.security import SESSION_COOKIE, UNSAFE_METHODS, BodyLimit, Gate, SecurityHeaders, cross_site, \
     host_allowed
-from daemon.web.stream import JobTableFeed, event_stream
+from daemon.web.stream import EventLogFeed, event_stream
 from daemon.web.submit import WebSubmitter, sidecar_fields, submission_key
 
 log = get_logger("i2vd.web")
@@ -64,7 +64,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
     """The application for `settings`' database and folders."""
     queue = JobQueue(sessions)
     submitter = WebSubmitter(settings, queue)
-    gate = Gate(settings.web_token)
+    gate = Gate(settings.web_token.get_secret_value() if settings.web_token else None)
     bound_host = split_host_port(settings.web_address)[0]
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.globals.update(version=__version__, presets=list(PRESETS), states=[s.value for s in JobState],
@@ -310,10 +310,17 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
         api.add_api_route(f"/jobs/{{job_id}}/{kind}", media_route(kind), methods=["GET"],
                           summary=f"The job's {kind} file", response_class=FileResponse)
 
-    @api.get("/events", summary="Server-sent events: job.queued, job.started, job.progress, job.succeeded ...",
+    @api.get("/events", summary="Server-sent events from the event outbox (job.queued, job.progress, ...)",
              response_class=StreamingResponse)
-    def api_events(request: Request):
-        return StreamingResponse(event_stream(request, JobTableFeed(sessions)), media_type="text/event-stream",
+    def api_events(request: Request, after: int | None = None, types: str = "", job_id: int | None = None):
+        """From now on; from an event id with `after` or the Last-Event-ID header (a reconnect misses
+        nothing). `types` is a comma-separated list; `job_id` follows one job."""
+        last_seen = request.headers.get("last-event-id", "")
+        if after is None and last_seen.isdigit():
+            after = int(last_seen)
+        wanted = [t.strip() for t in types.split(",") if t.strip()] or None
+        feed = EventLogFeed(sessions, after, wanted, job_id)
+        return StreamingResponse(event_stream(request, feed), media_type="text/event-stream",
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
     # -- actions shared by the page and the API -----------------------------------------------

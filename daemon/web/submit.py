@@ -89,7 +89,19 @@ class WebSubmitter:
         self.intake = Intake(settings, queue)
 
     def submit(self, fields: dict[str, str], filename: str | None, image: BinaryIO, key: str) -> tuple[Job, bool]:
-        """(job, created); raises InputRejected with the sidecar's and intake's codes and messages."""
+        """(job, created); raises InputRejected with the sidecar's and intake's codes and messages.
+
+        A rejection is an input.rejected event too, as for a dropped pair (nothing goes to failed/:
+        the person who uploaded it is told at once).
+        """
+        try:
+            return self._submit(fields, filename, image, key)
+        except InputRejected as rejection:
+            self.queue.record_rejection(rejection.code, str(rejection), [Path(filename or "").name],
+                                        hint=rejection.hint, folder=WEB_DIR)
+            raise
+
+    def _submit(self, fields: dict[str, str], filename: str | None, image: BinaryIO, key: str) -> tuple[Job, bool]:
         raw = sidecar_bytes(fields)
         sidecar = parse_sidecar(raw)
         name = safe_image_name(filename)
