@@ -135,7 +135,7 @@ def test_cancel_retry_priority_and_filters(web):
         "invalid_request"
 
 
-def finished_job(web, stem="clip", poster: str | None = "clip.jpg") -> Job:
+def finished_job(web, stem="clip", poster: str | None = "clip.jpg", preview: bool = False) -> Job:
     """A job that went the whole way: a real MP4, its metadata JSON, and maybe a poster beside it."""
     outputs = web.settings.outputs_dir
     video, metadata = outputs / f"{stem}.mp4", outputs / f"{stem}.json"
@@ -145,7 +145,12 @@ def finished_job(web, stem="clip", poster: str | None = "clip.jpg") -> Job:
     if poster:
         if poster.endswith(".jpg"):
             PIL.Image.new("RGB", (32, 32), (10, 20, 30)).save(outputs / Path(poster).name)
-        data["poster"] = poster
+        data["extras"] = {"poster": poster}  # as the worker names the files it wrote beside the video
+    if preview:
+        frames_img = [PIL.Image.new("RGB", (32, 32), (i * 30, 0, 0)) for i in range(4)]
+        frames_img[0].save(outputs / f"{stem}.preview.webp", save_all=True, append_images=frames_img[1:],
+                           duration=125, loop=0)
+        data.setdefault("extras", {})["preview"] = f"{stem}.preview.webp"
     metadata.write_text(json.dumps(data))
     queue = web.queue
     job, _ = queue.create(NewJob(f"k-{stem}", {"prompt": "p", "seed": 1}, 0, stem, "", "/in/x.png", None,
@@ -170,6 +175,10 @@ def test_video_and_poster_are_served_by_job_id(web):
     poster = requests.get(f"{web.url}/api/jobs/{job.id}/poster", timeout=10)
     assert poster.headers["content-type"] == "image/jpeg" and PIL.Image.open(io.BytesIO(poster.content)).size == (32, 32)
     assert requests.get(f"{web.url}/api/jobs/{plain.id}/poster", timeout=10).json()["code"] == "not_found"
+    animated = finished_job(web, "anim", poster=None, preview=True)
+    preview = requests.get(f"{web.url}/api/jobs/{animated.id}/preview", timeout=10)
+    assert preview.headers["content-type"] == "image/webp"
+    assert PIL.Image.open(io.BytesIO(preview.content)).n_frames == 4
     detail = requests.get(f"{web.url}/api/jobs/{job.id}", timeout=10).json()
     assert detail["links"]["poster"] == f"/api/jobs/{job.id}/poster" and detail["metadata"]["frames"] == 8
 
@@ -177,6 +186,7 @@ def test_video_and_poster_are_served_by_job_id(web):
     assert f'src="/api/jobs/{job.id}/video"' in page and f'poster="/api/jobs/{job.id}/poster"' in page
     gallery = requests.get(f"{web.url}/results", timeout=10).text
     assert f'src="/api/jobs/{job.id}/poster"' in gallery  # a poster where the metadata names one
+    assert f'src="/api/jobs/{animated.id}/preview"' in gallery  # the animation where there is one
     assert f'<video src="/api/jobs/{plain.id}/video"' in gallery  # else the video itself
 
 

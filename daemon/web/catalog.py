@@ -108,9 +108,8 @@ def read_metadata(job: Job) -> dict | None:
 
 
 def media_file(job: Job, kind: str, metadata: dict | None = None) -> Path | None:
-    """The job's video, or the poster/preview its metadata names beside it; never a path from a URL.
-
-    Only the file name of a metadata entry counts, looked up in the video's own folder.
+    """The job's video, or the poster/preview its metadata's `extras` names beside it; never a path
+    from a URL. Only the file name of an entry counts, looked up in the video's own folder.
     """
     if job.state != JobState.SUCCEEDED or not job.output_path:
         return None
@@ -118,8 +117,9 @@ def media_file(job: Job, kind: str, metadata: dict | None = None) -> Path | None
     if kind == "video":
         path = video
     else:
-        entry = (metadata if metadata is not None else read_metadata(job) or {}).get(kind)
-        name = entry.get("file") if isinstance(entry, dict) else entry
+        metadata = metadata if metadata is not None else read_metadata(job) or {}
+        extras = metadata.get("extras")  # {"poster": "NAME.jpg", "preview": "NAME.preview.webp", ...}
+        name = extras.get(kind) if isinstance(extras, dict) else None
         if not isinstance(name, str) or not name:
             return None
         path = video.parent / Path(name).name
