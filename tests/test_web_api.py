@@ -134,6 +134,11 @@ def test_cancel_retry_priority_and_filters(web):
     assert requests.get(f"{web.url}/api/jobs", params={"state": "nonsense"}, timeout=10).json()["code"] == \
         "invalid_request"
 
+    schema = requests.get(f"{web.url}/api/openapi.json", timeout=10).json()
+    assert {"/api/jobs", "/api/jobs/{job_id}", "/api/jobs/{job_id}/cancel", "/api/jobs/{job_id}/retry",
+            "/api/jobs/{job_id}/video", "/api/jobs/{job_id}/poster", "/api/events"} <= set(schema["paths"])
+    assert not any(path.startswith(("/jobs", "/login", "/fragments")) for path in schema["paths"])
+
 
 def finished_job(web, stem="clip", poster: str | None = "clip.jpg", preview: bool = False) -> Job:
     """A job that went the whole way: a real MP4, its metadata JSON, and maybe a poster beside it."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -38,7 +39,7 @@ def serve_in_thread(settings: Settings):
     wait_for(lambda: server.started, timeout=30, what="uvicorn start")
 
     def stop() -> None:
-        server.should_exit = True
+        server.handle_exit(signal.SIGTERM, None)
         thread.join(timeout=30)
         sock.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import threading
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -60,8 +61,10 @@ class LoginRequired(Exception):
     """A page asked for without the login cookie."""
 
 
-def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
-    """The application for `settings`' database and folders."""
+def create_app(settings: Settings, sessions: sessionmaker[Session],
+               stopping: threading.Event | None = None) -> FastAPI:
+    """The application for `settings`' database and folders; `stopping` ends the event streams."""
+    stopping = stopping or threading.Event()
     queue = JobQueue(sessions)
     submitter = WebSubmitter(settings, queue)
     gate = Gate(settings.web_token.get_secret_value() if settings.web_token else None)
@@ -320,7 +323,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
             after = int(last_seen)
         wanted = [t.strip() for t in types.split(",") if t.strip()] or None
         feed = EventLogFeed(sessions, after, wanted, job_id)
-        return StreamingResponse(event_stream(request, feed), media_type="text/event-stream",
+        return StreamingResponse(event_stream(request, feed, stopping), media_type="text/event-stream",
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
     # -- actions shared by the page and the API -----------------------------------------------

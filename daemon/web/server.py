@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import threading
+from types import FrameType
 
 import uvicorn
 
@@ -15,7 +17,7 @@ from daemon.web.security import check_exposure
 
 log = get_logger("i2vd.web")
 
-SHUTDOWN_GRACE_SECONDS = 2  # open event streams never end by themselves; don't wait on them longer
+SHUTDOWN_GRACE_SECONDS = 5  # requests in flight may finish; event streams end at once (`stopping`)
 
 
 def bind(address: str) -> socket.socket:
@@ -34,15 +36,28 @@ def bind(address: str) -> socket.socket:
     return sock
 
 
-def make_server(settings: Settings) -> tuple[uvicorn.Server, socket.socket]:
+class WebServer(uvicorn.Server):
+    """uvicorn's server, telling the open event streams to end when it is asked to stop."""
+
+    def __init__(self, config: uvicorn.Config, stopping: threading.Event) -> None:
+        super().__init__(config)
+        self.stopping = stopping
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.stopping.set()
+        super().handle_exit(sig, frame)
+
+
+def make_server(settings: Settings) -> tuple[WebServer, socket.socket]:
     """The server and its bound socket; refuses a non-loopback address without web_token."""
     check_exposure(split_host_port(settings.web_address)[0], settings.web_token)
     engine = make_engine(settings.database_url)
     upgrade(engine)  # as `i2vd run` does: either may start first, under the same migration lock
-    app = create_app(settings, session_factory(engine))
+    stopping = threading.Event()
+    app = create_app(settings, session_factory(engine), stopping)
     config = uvicorn.Config(app, log_config=None, access_log=False, proxy_headers=False, server_header=False,
                             timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS)
-    return uvicorn.Server(config), bind(settings.web_address)
+    return WebServer(config, stopping), bind(settings.web_address)
 
 
 def url_of(sock: socket.socket) -> str:

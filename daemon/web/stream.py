@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import AsyncIterator
 
@@ -34,13 +35,13 @@ class EventLogFeed:
         return records
 
 
-async def event_stream(request: Request, feed: EventLogFeed,
+async def event_stream(request: Request, feed: EventLogFeed, stopping: threading.Event,
                        poll_seconds: float = POLL_SECONDS) -> AsyncIterator[str]:
     """The SSE body: per event its `id:` (a reconnecting browser sends it back as Last-Event-ID) and
     its JSON (EventRecord.to_json) on one `data:` line."""
     yield "retry: 2000\n\n"
     quiet_since = time.monotonic()
-    while not await request.is_disconnected():
+    while not stopping.is_set() and not await request.is_disconnected():
         events = await anyio.to_thread.run_sync(feed.poll)
         for record in events:
             yield f"id: {record.id}\ndata: {json.dumps(record.to_json(), default=str)}\n\n"
