@@ -13,7 +13,7 @@ import pytest
 import requests
 from sqlalchemy import insert, text
 
-from conftest import TINY_SIDECAR, wait_for
+from conftest import TINY_SIDECAR
 from daemon.errors import InputRejected
 from daemon.events.log import EventLog
 from daemon.models import Job, JobState, utcnow
@@ -96,6 +96,8 @@ def test_rejections_carry_the_sidecar_and_intake_codes_and_messages(web_factory)
     rejected = EventLog(web.sessions()).since(types=["input.rejected"])
     assert [(r.payload["code"], r.payload["files"], r.payload["folder"]) for r in rejected][3:5] == [
         ("not_an_image", ["fake.png"], "web"), ("not_an_image", ["notes.txt"], "web")]
+    failed_page = requests.get(f"{web.url}/results", params={"state": "failed"}, timeout=10).text
+    assert "image_too_many_pixels" in failed_page and "big.png is 100x100 = 10000 pixels" in failed_page
 
 
 def parse_sidecar_error(data: dict) -> dict:
@@ -178,7 +180,8 @@ def test_video_and_poster_are_served_by_job_id(web):
     download = requests.get(f"{web.url}/api/jobs/{job.id}/video?download=true", timeout=10)
     assert download.headers["content-disposition"].startswith("attachment")
     poster = requests.get(f"{web.url}/api/jobs/{job.id}/poster", timeout=10)
-    assert poster.headers["content-type"] == "image/jpeg" and PIL.Image.open(io.BytesIO(poster.content)).size == (32, 32)
+    assert poster.headers["content-type"] == "image/jpeg"
+    assert PIL.Image.open(io.BytesIO(poster.content)).size == (32, 32)
     assert requests.get(f"{web.url}/api/jobs/{plain.id}/poster", timeout=10).json()["code"] == "not_found"
     animated = finished_job(web, "anim", poster=None, preview=True)
     preview = requests.get(f"{web.url}/api/jobs/{animated.id}/preview", timeout=10)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import (FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response,
+                               StreamingResponse)
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,8 +26,8 @@ from daemon.settings import Settings, split_host_port
 from daemon.sidecar import PRESETS, Sidecar
 from daemon.web import catalog
 from daemon.web.catalog import JobFilter
-from daemon.web.security import SESSION_COOKIE, UNSAFE_METHODS, BodyLimit, Gate, SecurityHeaders, cross_site, \
-    host_allowed
+from daemon.web.security import (SESSION_COOKIE, UNSAFE_METHODS, BodyLimit, Gate, SecurityHeaders, cross_site,
+                                 host_allowed)
 from daemon.web.stream import EventLogFeed, event_stream
 from daemon.web.submit import WebSubmitter, sidecar_fields, submission_key
 
@@ -207,7 +208,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session],
         listing = catalog.list_jobs(sessions, flt)
         media = {job.id: {k: catalog.media_file(job, k) is not None for k in ("poster", "preview")}
                  for job in listing.jobs}
-        rejected = catalog.rejected_inputs(settings.failed_dir) if state in ("failed", "") else []
+        rejected = catalog.rejected_inputs(sessions) if state in ("failed", "") else []
         return templates.TemplateResponse(request, "results.html", {
             "listing": listing, "filter": flt, "state": state, "media": media, "rejected": rejected})
 

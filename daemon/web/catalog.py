@@ -10,7 +10,8 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.models import Job, JobState, utcnow
+from daemon.events import kinds
+from daemon.models import Event, Job, JobState, utcnow
 from daemon.workers import is_alive, recent_workers
 
 # The served model's name becomes a column (jobs.model, workers.models) with the multi-model backends
@@ -78,7 +79,8 @@ def workers(sessions: sessionmaker[Session], running: list[Job], lease_seconds: 
     now = utcnow()
     jobs = {job.lease_owner: job.id for job in running}
     return [{"id": w.id, "name": w.name, "host": w.host, "pid": w.pid, "gpu": w.gpu, "device": w.device,
-             "models": getattr(w, "models", None) or [], "alive": is_alive(w, now, lease_seconds), "last_seen_at": w.last_seen_at.isoformat(),
+             "models": getattr(w, "models", None) or [], "alive": is_alive(w, now, lease_seconds),
+             "last_seen_at": w.last_seen_at.isoformat(),
              "job_id": jobs.get(w.name)}
             for w in recent_workers(sessions, now)]
 
@@ -174,23 +176,11 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def rejected_inputs(failed_dir: Path, limit: int = 20) -> list[dict]:
-    """The newest error sidecars intake wrote to inbox/failed/ (inputs that never became jobs)."""
-    reports = sorted(failed_dir.rglob("*.error.json"), key=_mtime, reverse=True)[:limit]
-    found = []
-    for path in reports:
-        try:
-            report = json.loads(path.read_bytes()[:MAX_METADATA_BYTES])
-        except (OSError, ValueError):
-            continue
-        if isinstance(report, dict):
-            found.append({"name": path.name.removesuffix(".error.json"), "code": report.get("code"),
-                          "error": report.get("error"), "hint": report.get("hint"), "time": report.get("time")})
-    return found
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
+def rejected_inputs(sessions: sessionmaker[Session], limit: int = 20) -> list[dict]:
+    """The newest input.rejected events: dropped pairs moved to failed/ and refused uploads."""
+    with sessions() as s:
+        events = s.scalars(select(Event).where(Event.type == kinds.INPUT_REJECTED)
+                           .order_by(Event.id.desc()).limit(limit)).all()
+    return [{"files": ", ".join(e.payload.get("files") or []), "folder": e.payload.get("folder") or "",
+             "code": e.payload.get("code"), "error": e.payload.get("message"), "hint": e.payload.get("hint"),
+             "time": e.created_at} for e in events]
