@@ -108,10 +108,16 @@ def test_upload_watch_play_cancel_and_see_a_rejection(dirs, run_daemon, browser_
         page.click('#running button[data-action="cancel"][data-job="2"]')
         page.wait_for_selector('#finished tr[data-job-row="2"] .state-cancelled')
 
-        # 4. A rejected upload says why, in the sidecar's words.
-        fake = tmp_path / "notes.png"
-        fake.write_text("this is not a picture")
-        submit(page, url, fake, "anything")
+        # 4. A file dragged onto the form that is no picture: the rejection says why, in intake's words.
+        page.goto(f"{url}/")
+        page.evaluate("""() => {
+            const data = new DataTransfer();
+            data.items.add(new File(["this is not a picture"], "notes.png", {type: "image/png"}));
+            document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: data, bubbles: true}));
+        }""")
+        assert page.inner_text("#chosen") == "notes.png"
+        page.fill("textarea[name=prompt]", "anything")
+        page.click("button.primary")
         error = page.inner_text("#outcomes li.error")
         assert "not_an_image" in error and "notes.png is not a PNG, JPEG or WEBP image" in error
     finally:
