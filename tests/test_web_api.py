@@ -16,6 +16,7 @@ from sqlalchemy import insert, text
 from conftest import TINY_SIDECAR
 from daemon.errors import InputRejected
 from daemon.events.log import EventLog
+from daemon.intake import Intake
 from daemon.models import Job, JobState, utcnow
 from daemon.queue import NewJob
 from daemon.sidecar import parse_sidecar
@@ -62,6 +63,24 @@ def test_a_submitted_job_is_queued_once_with_its_inputs_kept_like_an_inbox_pair(
     shown = requests.get(f"{web.url}/api/jobs/{job_id}", timeout=10).json()
     assert shown["state"] == "queued" and shown["queue_position"] == 1  # priority 2 goes first
     assert shown["links"] == {"page": f"/jobs/{job_id}"} and shown["attempts"] == []
+
+
+def test_an_upload_cut_short_after_its_job_was_made_is_finished_by_intake_recovery(web, monkeypatch):
+    import daemon.intake
+
+    def disk_full(src, dest):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(daemon.intake, "move", disk_full)
+    assert post_job(web, "storm.png").status_code == 500
+    job = web.queue.recent(1)[0]
+    assert job.state == JobState.INTAKE and Path(job.source_image).is_file()  # staged files kept for recovery
+
+    monkeypatch.undo()
+    Intake(web.settings, web.queue).recover()  # what any daemon's recovery pass does
+    job = web.queue.get(job.id)
+    assert job.state == JobState.QUEUED and Path(job.image_path) == web.settings.done_dir / "web" / "storm.png"
+    assert Path(job.image_path).is_file() and Path(job.sidecar_path).is_file()
 
 
 def test_rejections_carry_the_sidecar_and_intake_codes_and_messages(web_factory):

@@ -130,8 +130,11 @@ class WebSubmitter:
                 ))
                 if created:
                     self.intake.complete(job)
-            return self.queue.get(job.id), created
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        except BaseException:
+            if not created:  # once a job names the staged files, intake recovery needs them
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
+        shutil.rmtree(staging, ignore_errors=True)  # empty now, or holding a repeated request's copy
+        return self.queue.get(job.id), created
 
 
