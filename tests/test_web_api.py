@@ -65,6 +65,16 @@ def test_a_submitted_job_is_queued_once_with_its_inputs_kept_like_an_inbox_pair(
     assert shown["links"] == {"page": f"/jobs/{job_id}"} and shown["attempts"] == []
 
 
+def test_the_form_sent_twice_makes_each_job_once(web):
+    form = {"prompt": "two gulls", "submission": "form-token-1", **{k: str(v) for k, v in TINY_SIDECAR.items()}}
+    files = [("image", ("gull.png", png())), ("image", ("gull2.png", png()))]
+    first = requests.post(f"{web.url}/submit", data=form, files=files, timeout=30)
+    again = requests.post(f"{web.url}/submit", data=form, files=files, timeout=30)  # a reload re-POSTs
+    assert first.status_code == again.status_code == 200
+    assert "job #1" in first.text and "job #2" in first.text and "job #1" in again.text
+    assert web.queue.counts()[JobState.QUEUED] == 2
+
+
 def test_an_upload_cut_short_after_its_job_was_made_is_finished_by_intake_recovery(web, monkeypatch):
     import daemon.intake
 
