@@ -72,7 +72,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session],
     bound_host = split_host_port(settings.web_address)[0]
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.globals.update(version=__version__, presets=list(PRESETS), states=[s.value for s in JobState],
-                                 login_enabled=not gate.open, states_enum=JobState)
+                                 login_enabled=not gate.open, JobState=JobState)
     templates.env.filters["seconds"] = _duration
     templates.env.filters["when"] = lambda v: "" if v is None else f"{v:%Y-%m-%d %H:%M:%S} UTC"
 
