@@ -2,7 +2,7 @@
 
 Counters live at module level so any part of the daemon can record without wiring:
 `metrics.job_finished(...)`, `metrics.record_progress(...)`, `metrics.intake_rejections`,
-`metrics.oom_downgrades`. Database and GPU figures are read when scraped.
+`metrics.oom_downgrades`, `metrics.webhook_deliveries`. Database and GPU figures are read when scraped.
 """
 
 from __future__ import annotations

@@ -31,6 +31,12 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _queued_data(name: str, image: str, sidecar: str | None, priority: int, params: dict, **extra) -> dict:
+    """The data of a job.queued event."""
+    return {"name": name, "image": Path(image).name, "sidecar": Path(sidecar).name if sidecar else None,
+            "priority": priority, "params": params, **extra}
+
+
 @dataclass(frozen=True)
 class NewJob:
     idempotency_key: str
@@ -80,10 +86,8 @@ class JobQueue:
                 .returning(Job.output_stem, Job.source_image, Job.source_sidecar, Job.priority, Job.params)
             ).one_or_none()
             if job is not None:
-                record_event(s, kinds.JOB_QUEUED, job_id, {
-                    "name": job.output_stem, "image": Path(job.source_image).name,
-                    "sidecar": Path(job.source_sidecar).name if job.source_sidecar else None,
-                    "priority": job.priority, "params": job.params})
+                record_event(s, kinds.JOB_QUEUED, job_id, _queued_data(
+                    job.output_stem, job.source_image, job.source_sidecar, job.priority, job.params))
             s.commit()
             return job is not None
 
@@ -264,6 +268,7 @@ class JobQueue:
                 state=JobState.QUEUED, lease_owner=None, lease_expires_at=None, phase=None,
                 progress_step=None, progress_total=None, run_after=run_after))
             if result.rowcount == 1:
+                self._progress_events.pop(job_id, None)  # the next run reports its phases afresh
                 record_event(s, event, job_id, {**data, "run_after": run_after.isoformat() if run_after else None})
             s.commit()
             return result.rowcount == 1
@@ -315,10 +320,8 @@ class JobQueue:
             )
             s.add(job)
             s.flush()
-            record_event(s, kinds.JOB_QUEUED, job.id, {
-                "name": job.output_stem, "image": Path(job.image_path).name,
-                "sidecar": Path(job.sidecar_path).name if job.sidecar_path else None,
-                "priority": job.priority, "params": job.params, "retry_of": old.id})
+            record_event(s, kinds.JOB_QUEUED, job.id, _queued_data(
+                job.output_stem, job.image_path, job.sidecar_path, job.priority, job.params, retry_of=old.id))
             s.commit()
             return job
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cluster import Cluster
 from conftest import daemon_env, wait_for
 from daemon import metrics
 from daemon.db import make_engine, session_factory, upgrade
@@ -106,33 +107,52 @@ def test_signature_and_backoff():
     assert 1.0 <= delays[0] <= 2.0 and 4.0 <= delays[2] <= 8.0 and all(30.0 <= d <= 60.0 for d in delays[5:])
 
 
-def test_two_daemons_deliver_each_event_once(database_url, dirs, tmp_path, run_daemon):
+def test_two_daemons_deliver_each_event_once(database_url, tmp_path):
     """Intake-only daemons (no model, quick to start) on one database, both delivering to one receiver."""
     receiver = Receiver().start()
     engine = make_engine(database_url)
     upgrade(engine)
     queue = JobQueue(session_factory(engine))
     envs = []
-    for name in ("a", "b"):
+    for name, bad in (("a", '"ftp://nas/hook", '), ("b", "")):  # a bad URL is logged and skipped, never fatal
         own = {key: tmp_path / name / key for key in ("inbox", "outputs", "state")}
         for path in own.values():
             path.mkdir(parents=True)
         envs.append(daemon_env(own, I2VD_DATABASE_URL=database_url, I2VD_INTAKE_ONLY="true",
-                               I2VD_WEBHOOK_URLS=f'["{receiver.url}"]', I2VD_WEBHOOK_SECRET=SECRET,
+                               I2VD_WEBHOOK_URLS=f'[{bad}"{receiver.url}"]', I2VD_WEBHOOK_SECRET=SECRET,
                                I2VD_WEBHOOK_POLL_SECONDS="0.1"))
-    daemons = [run_daemon(env) for env in envs]
+    cluster = Cluster(tmp_path)  # each daemon with its own log
+    daemons = [cluster.start(env) for env in envs]
     try:
         for daemon in daemons:
             daemon.wait_ready()
         wait_for(lambda: all("webhooks_started" in d.output for d in daemons), 30, what="webhooks started")
+        assert "webhook_url_invalid" in daemons[0].output and "ftp" in daemons[0].output
         for i in range(30):
             queue.record_rejection("invalid_json", f"pair {i}", [f"p{i}.png", f"p{i}.json"])
         wait_for(lambda: len(receiver.unique_events()) == 30, 60, what="30 events delivered")
         for daemon in daemons:
             assert daemon.stop() == 0
     finally:
+        cluster.kill_all()
         receiver.stop()
         engine.dispose()
     messages = [e["data"]["message"] for e in receiver.events()]
     assert messages == [f"pair {i}" for i in range(30)]  # each once, in order
     assert all(r.signature_ok(SECRET) for r in receiver.received)
+
+
+def test_doctor_reports_bad_and_unreachable_urls(tmp_path):
+    from daemon.doctor import check_webhooks
+
+    receiver = Receiver().start()
+    dead = f"http://127.0.0.1:{free_port()}/hook"
+    try:
+        findings = check_webhooks(settings_for(tmp_path, receiver.url, webhook_secret=None,
+                                               webhook_urls=["ftp://nas/hook", dead, receiver.url]))
+    finally:
+        receiver.stop()
+    assert [f.level for f in findings] == ["warn", "warn", "ok", "warn"]
+    assert "not http or https" in findings[0].message
+    assert "cannot connect" in findings[1].message and "retried" in findings[1].message
+    assert "unsigned" in findings[3].message
