@@ -17,7 +17,7 @@ from daemon.errors import I2vdError, InputRejected
 from daemon.files import publish, temp_path, unique_stem
 from daemon.images import is_image_name
 from daemon.models import Job, JobState, utcnow
-from daemon.settings import Settings, describe_error, load_settings
+from daemon.settings import Settings, describe_error, load_settings, split_host_port
 from daemon.sidecar import PRESETS, parse_sidecar
 from pipeline.errors import ModelUnavailable
 
@@ -114,6 +114,10 @@ def _parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db", help="database schema").add_subparsers(required=True, metavar="ACTION")
     db.add_parser("upgrade", help="apply migrations up to the newest").set_defaults(func=cmd_db_upgrade)
+
+    web = sub.add_parser("web", help="serve the queue page and JSON API (default http://127.0.0.1:7860/)")
+    web.add_argument("--address", help="host:port to listen on (default: the web_address setting)")
+    web.set_defaults(func=cmd_web)
 
     doctor = sub.add_parser("doctor", help="check what `i2vd run` needs; exit 1 when something blocks it")
     doctor.set_defaults(func=cmd_doctor)
@@ -392,6 +396,20 @@ def cmd_db_upgrade(settings: Settings, _args) -> int:
     upgrade(engine)
     print(f"database at revision {schema_revision(engine)[0]}")
     return 0
+
+
+def cmd_web(settings: Settings, args) -> int:
+    from daemon import logs
+    from daemon.web.server import serve
+
+    logs.configure(None, settings.log_level)  # console only: the daemon owns the log file
+    if args.address:
+        try:
+            split_host_port(args.address)
+        except ValueError as exc:
+            raise I2vdError(f"--address: {exc}") from None
+        settings = settings.model_copy(update={"web_address": args.address})
+    return serve(settings)
 
 
 def cmd_doctor(settings: Settings, _args) -> int:

@@ -64,7 +64,10 @@ _state_enum = Enum(JobState, name="job_state", native_enum=False, length=16,
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_claim", "state", "priority", "id"),)
+    __table_args__ = (
+        Index("ix_jobs_claim", "state", "priority", "id"),
+        Index("ix_jobs_state_id", "state", "id"),  # the web page's lists: one state, newest first
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     state: Mapped[JobState] = mapped_column(_state_enum)

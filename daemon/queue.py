@@ -287,6 +287,14 @@ class JobQueue:
         job = self.get(job_id)
         return job.state if job else None
 
+    def set_priority(self, job_id: int, priority: int) -> bool:
+        """Reorder a waiting job (higher runs first); False when it is no longer intake or queued."""
+        with self._sessions() as s:
+            result = s.execute(update(Job).values(priority=priority).where(
+                Job.id == job_id, Job.state.in_((JobState.INTAKE, JobState.QUEUED))))
+            s.commit()
+            return result.rowcount == 1
+
     def mark_cancelled(self, job_id: int, owner: str) -> bool:
         """running -> cancelled, once `owner`'s worker stopped the job on request."""
         with self._sessions() as s:
@@ -345,6 +353,16 @@ class JobQueue:
     def get(self, job_id: int) -> Job | None:
         with self._sessions() as s:
             return s.get(Job, job_id)
+
+    def position(self, job: Job) -> int | None:
+        """1 for the job claimed next, and so on, in claim order; None unless the job is queued."""
+        if job.state != JobState.QUEUED:
+            return None
+        with self._sessions() as s:
+            ahead = s.scalar(select(func.count()).select_from(Job).where(
+                Job.state == JobState.QUEUED,
+                or_(Job.priority > job.priority, (Job.priority == job.priority) & (Job.id < job.id))))
+        return ahead + 1
 
     def counts(self) -> dict[JobState, int]:
         with self._sessions() as s:

@@ -105,6 +105,12 @@ class Settings(BaseSettings):
     retention_delete_outputs: bool = Field(False, description="Pruning also deletes the jobs' videos and "
                                            "metadata files.")
 
+    # Web page (`i2vd web`, a process of its own)
+    web_address: str = Field("127.0.0.1:7860", description="host:port of the web page and API; any address "
+                             "but loopback needs web_token.")
+    web_token: SecretStr | None = Field(None, min_length=16, description="Bearer token for the API and the "
+                                        "page's login; required off loopback.")
+
     @field_validator("inbox_dir", "outputs_dir", "state_dir", "log_file")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
@@ -117,7 +123,7 @@ class Settings(BaseSettings):
             raise ValueError("must be 1, 2 or 4")
         return value
 
-    @field_validator("metrics_address")
+    @field_validator("metrics_address", "web_address")
     @classmethod
     def _host_port(cls, value: str) -> str:
         split_host_port(value)

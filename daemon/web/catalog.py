@@ -1,0 +1,186 @@
+"""The page's read model: jobs listed, searched, filtered and paginated; one job as plain values."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from daemon.events import kinds
+from daemon.models import Event, Job, JobState, utcnow
+from daemon.workers import is_alive, recent_workers
+
+# The served model's name becomes a column (jobs.model, workers.models) with the multi-model backends
+# work; until that schema is there, a job's model is its `model` parameter, where it has one.
+_JOB_MODEL = Job.__table__.c.get("model")
+PAGE_SIZE = 24
+WAITING = (JobState.INTAKE, JobState.QUEUED)
+FINISHED = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+MAX_METADATA_BYTES = 1024 * 1024
+# Media a job's metadata may name beside its video, and how each is served.
+MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp", ".png": "image/png",
+               ".gif": "image/gif"}
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """What a list shows: a prompt substring, one state, one model; page numbers start at 1."""
+
+    prompt: str = ""
+    state: JobState | None = None
+    model: str = ""
+    page: int = 1
+
+
+@dataclass(frozen=True)
+class JobPage:
+    jobs: list[Job]
+    total: int
+    page: int
+    pages: int
+
+
+def list_jobs(sessions: sessionmaker[Session], flt: JobFilter, page_size: int = PAGE_SIZE) -> JobPage:
+    """Newest first; with a state, an index walk over (state, id) (migration 0006)."""
+    query = select(Job)
+    if flt.state is not None:
+        query = query.where(Job.state == flt.state)
+    if flt.prompt:
+        pattern = "%" + flt.prompt.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        query = query.where(Job.params["prompt"].as_string().ilike(pattern, escape="\\"))
+    if flt.model:
+        column = _JOB_MODEL if _JOB_MODEL is not None else Job.params["model"].as_string()
+        query = query.where(column == flt.model)
+    with sessions() as s:
+        total = s.scalar(select(func.count()).select_from(query.subquery()))
+        pages = max(1, -(-total // page_size))
+        page = min(max(flt.page, 1), pages)
+        jobs = list(s.scalars(query.order_by(Job.id.desc()).offset((page - 1) * page_size).limit(page_size)))
+    return JobPage(jobs, total, page, pages)
+
+
+def waiting_jobs(sessions: sessionmaker[Session], limit: int = 50) -> list[Job]:
+    """Queued jobs in the order workers claim them, so a job's queue position is its place here."""
+    with sessions() as s:
+        return list(s.scalars(select(Job).where(Job.state == JobState.QUEUED)
+                              .order_by(Job.priority.desc(), Job.id).limit(limit)))
+
+
+def jobs_in(sessions: sessionmaker[Session], states: tuple[JobState, ...], limit: int) -> list[Job]:
+    with sessions() as s:
+        return list(s.scalars(select(Job).where(Job.state.in_(states)).order_by(Job.id.desc()).limit(limit)))
+
+
+def workers(sessions: sessionmaker[Session], running: list[Job], lease_seconds: float) -> list[dict]:
+    now = utcnow()
+    jobs = {job.lease_owner: job.id for job in running}
+    return [{"id": w.id, "name": w.name, "host": w.host, "pid": w.pid, "gpu": w.gpu, "device": w.device,
+             "models": getattr(w, "models", None) or [], "alive": is_alive(w, now, lease_seconds),
+             "last_seen_at": w.last_seen_at.isoformat(),
+             "job_id": jobs.get(w.name)}
+            for w in recent_workers(sessions, now)]
+
+
+def job_model(job: Job) -> str | None:
+    return getattr(job, "model", None) or job.params.get("model")
+
+
+def eta_seconds(job: Job, now: datetime | None = None) -> float | None:
+    """Time left, measured from the job's start (not its queueing) and the steps done so far."""
+    if job.state != JobState.RUNNING or not job.progress_step or not job.progress_total or not job.started_at:
+        return None
+    elapsed = ((now or utcnow()) - job.started_at).total_seconds()
+    return round(elapsed / job.progress_step * (job.progress_total - job.progress_step), 1)
+
+
+def read_metadata(job: Job) -> dict | None:
+    """The metadata JSON the worker wrote beside the video, or None when there is none (yet)."""
+    if job.state != JobState.SUCCEEDED or not job.metadata_path:
+        return None
+    path = Path(job.metadata_path)
+    try:
+        with open(path, "rb") as fh:
+            return json.loads(fh.read(MAX_METADATA_BYTES))
+    except (OSError, ValueError):
+        return None
+
+
+def media_file(job: Job, kind: str, metadata: dict | None = None) -> Path | None:
+    """The job's video, or the poster/preview its metadata's `extras` names beside it; never a path
+    from a URL. Only the file name of an entry counts, looked up in the video's own folder.
+    """
+    if job.state != JobState.SUCCEEDED or not job.output_path:
+        return None
+    video = Path(job.output_path)
+    if kind == "video":
+        path = video
+    else:
+        metadata = metadata if metadata is not None else read_metadata(job) or {}
+        extras = metadata.get("extras")  # {"poster": "NAME.jpg", "preview": "NAME.preview.webp", ...}
+        name = extras.get(kind) if isinstance(extras, dict) else None
+        if not isinstance(name, str) or not name:
+            return None
+        path = video.parent / Path(name).name
+        if path.suffix.lower() not in MEDIA_TYPES:
+            return None
+    return path if path.is_file() and not path.is_symlink() else None
+
+
+def job_json(job: Job, position: int | None = None, *, detail: bool = False) -> dict:
+    """A job as the API returns it."""
+    data = {
+        "id": job.id,
+        "state": job.state.value,
+        "priority": job.priority,
+        "name": job.output_stem,
+        "prompt": job.params.get("prompt"),
+        "model": job_model(job),
+        "params": job.params,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "progress": {"phase": job.phase, "step": job.progress_step, "total": job.progress_total,
+                     "eta_seconds": eta_seconds(job)} if job.state == JobState.RUNNING else None,
+        "queue_position": position,
+        "retry_after": _iso(job.run_after) if job.state == JobState.QUEUED else None,
+        "cancel_requested": job.cancel_requested,
+        "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
+        "retried_from_id": job.retried_from_id,
+        "links": {"page": f"/jobs/{job.id}"},
+    }
+    if job.state == JobState.SUCCEEDED and job.output_path:
+        data["links"]["video"] = f"/api/jobs/{job.id}/video"
+    if detail:
+        metadata = read_metadata(job)
+        for kind in ("poster", "preview"):
+            if media_file(job, kind, metadata) is not None:
+                data["links"][kind] = f"/api/jobs/{job.id}/{kind}"
+        data["metadata"] = metadata
+        data["attempts"] = [
+            {"number": a.number, "worker": a.worker, "rung": a.rung, "params": a.params, "outcome": a.outcome,
+             "gpu": a.worker_record.gpu if a.worker_record else None,
+             "host": a.worker_record.host if a.worker_record else None,
+             "error_type": a.error_type, "error_message": a.error_message,
+             "started_at": _iso(a.started_at), "finished_at": _iso(a.finished_at),
+             "peak_gpu_memory_bytes": a.peak_gpu_memory_bytes}
+            for a in job.attempts
+        ]
+    return data
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def rejected_inputs(sessions: sessionmaker[Session], limit: int = 20) -> list[dict]:
+    """The newest input.rejected events: dropped pairs moved to failed/ and refused uploads."""
+    with sessions() as s:
+        events = s.scalars(select(Event).where(Event.type == kinds.INPUT_REJECTED)
+                           .order_by(Event.id.desc()).limit(limit)).all()
+    return [{"files": ", ".join(e.payload.get("files") or []), "folder": e.payload.get("folder") or "",
+             "code": e.payload.get("code"), "error": e.payload.get("message"), "hint": e.payload.get("hint"),
+             "time": e.created_at} for e in events]
