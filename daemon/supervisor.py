@@ -1,5 +1,5 @@
 """Supervised periodic threads: a beat that fails is logged, retried with backoff and escalated, never
-left to die silently (the job heartbeat, the worker-registry heartbeat).
+left to die silently (the job heartbeat, the worker-registry heartbeat, webhook delivery, pruning).
 
 Log events, the same for every task (told apart by `task=`): `task_failed` (warning, each failed
 beat), `task_escalated` (error, once per outage, when failures have lasted `escalate_after`
@@ -32,15 +32,19 @@ class Backoff:
 class PeriodicTask:
     """Runs `beat` every `interval` seconds in a daemon thread until stopped or `beat` returns False.
 
+    A beat may return a number instead: the seconds until the next beat (a delivery loop that knows
+    when its next retry is due). The first beat comes after `first_delay` (default: `interval`).
+
     A beat that raises is retried sooner (with backoff, never later than `interval`), so a database
     blip costs one late beat, not the task. When beats have failed for `escalate_after` seconds,
     `on_escalate` is called once with the last error; it returns whether the task keeps trying.
     """
 
-    def __init__(self, name: str, beat: Callable[[], bool | None], interval: float, *,
+    def __init__(self, name: str, beat: Callable[[], bool | float | None], interval: float, *,
                  escalate_after: float, on_escalate: Callable[[BaseException], bool] | None = None,
-                 **context: object) -> None:
+                 first_delay: float | None = None, **context: object) -> None:
         self.name, self.interval, self.escalate_after = name, interval, escalate_after
+        self.first_delay = interval if first_delay is None else first_delay
         self._beat, self._on_escalate, self._context = beat, on_escalate, context
         self.backoff = Backoff(first=min(1.0, interval / 5), cap=interval)
         self._stop = threading.Event()
@@ -49,10 +53,10 @@ class PeriodicTask:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join()
+            self._thread.join(timeout)
 
     @property
     def alive(self) -> bool:
@@ -60,8 +64,8 @@ class PeriodicTask:
 
     def _run(self) -> None:
         failures, failing_since, escalated = 0, 0.0, False
-        delay = self.interval
-        while not self._stop.wait(delay):
+        delay = self.first_delay
+        while not self._stop.wait(max(delay, 0.0)):
             try:
                 keep_going = self._beat()
             except Exception as exc:  # whatever the cause: log it and try again, never die silently
@@ -83,6 +87,8 @@ class PeriodicTask:
             failures, escalated, delay = 0, False, self.interval
             if keep_going is False:
                 return
+            if isinstance(keep_going, int | float) and not isinstance(keep_going, bool):
+                delay = keep_going
 
 
 def _first_line(exc: BaseException) -> str:

@@ -6,10 +6,10 @@ import time
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.events.loop import RepeatingThread
 from daemon.events.retention import prune, prune_progress
 from daemon.logs import get_logger
 from daemon.settings import Settings
+from daemon.supervisor import PeriodicTask
 
 log = get_logger("i2vd.events")
 
@@ -23,7 +23,8 @@ class EventServices:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
         self.settings, self.sessions = settings, sessions
         self._next_prune = self._next_progress_prune = 0.0
-        self._pruner = RepeatingThread("prune", self._prune_step)
+        self._pruner = PeriodicTask("prune", self._prune_step, PROGRESS_PRUNE_INTERVAL,
+                                    escalate_after=PROGRESS_PRUNE_INTERVAL, first_delay=0)
         self._webhooks = None
         if settings.webhook_urls:  # httpx only where it is used: intake-only daemons stay small
             from daemon.events.webhooks import Webhooks

@@ -28,14 +28,15 @@ from daemon import __version__, metrics
 from daemon.events.deliveries import DeliveryStore, Due
 from daemon.events.kinds import matching_types
 from daemon.events.log import EventRecord
-from daemon.events.loop import RepeatingThread
 from daemon.logs import get_logger
 from daemon.models import utcnow
 from daemon.queue import worker_identity
 from daemon.settings import Settings
+from daemon.supervisor import PeriodicTask
 
 log = get_logger("i2vd.webhooks")
 
+ESCALATE_AFTER = 300.0  # seconds of failing steps (e.g. the database gone) before an error line
 POSTS_PER_STEP = 50  # then the loop looks at its stop flag and the lease again
 
 
@@ -99,7 +100,8 @@ class WebhookSender:
         self.types = matching_types(settings.webhook_events)
         self._registered = False
         self._client = httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
-        self.thread = RepeatingThread(f"webhook-{redact(url)}", self.step, url=redact(url))
+        self.thread = PeriodicTask(f"webhook-{redact(url)}", self.step, settings.webhook_poll_seconds,
+                                   escalate_after=ESCALATE_AFTER, first_delay=0, url=redact(url))
 
     def start(self) -> None:
         self.thread.start()
