@@ -108,7 +108,7 @@ def check_ffmpeg(_settings: Settings) -> list[Finding]:
 
 
 def check_model(settings: Settings) -> list[Finding]:
-    from pipeline.loader import looks_like_path
+    from pipeline.backends.base import looks_like_path
 
     model = settings.model
     if settings.is_tiny_model:

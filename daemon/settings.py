@@ -64,8 +64,9 @@ class Settings(BaseSettings):
     max_crash_attempts: int = Field(2, ge=1, description="Crashes of the worker on one job before it is failed.")
     max_retries: int = Field(2, ge=0, description="Retries of a job after a transient failure.")
     retry_backoff_seconds: float = Field(30.0, ge=0, description="First retry delay; doubles each time.")
-    oom_ladder: tuple[Literal["vae_slicing", "cpu_offload", "fewer_frames", "lower_resolution"], ...] = (
-        "vae_slicing", "cpu_offload", "fewer_frames", "lower_resolution")
+    oom_ladder: tuple[Literal["vae_slicing", "cpu_offload", "sequential_offload", "fewer_frames",
+                              "lower_resolution"], ...] = (
+        "vae_slicing", "cpu_offload", "sequential_offload", "fewer_frames", "lower_resolution")
     decode_chunk_size: int = Field(8, ge=1, description="Frames the VAE decodes at once (before the ladder).")
 
     # Fault injection, for tests on machines without a GPU

@@ -22,7 +22,8 @@ from daemon.queue import JobQueue, worker_identity
 from daemon.retry import RetryPolicy
 from daemon.settings import Settings
 from pipeline.errors import GenerationInterrupted
-from pipeline.generate import Progress, VideoGenerator
+from pipeline.backends.base import Progress
+from pipeline.generate import VideoGenerator
 from pipeline.oom import OomLadder, Rung, free_memory, is_oom, peak_memory_bytes
 from pipeline.params import GenerationParams
 
@@ -39,7 +40,7 @@ class Worker:
         self.settings = settings
         self.queue = queue
         self.generator = generator
-        self.ladder = OomLadder(settings.oom_ladder)
+        self.ladder = OomLadder(generator.backend.rules, settings.oom_ladder)
         self.retry_policy = RetryPolicy(settings.max_retries, settings.retry_backoff_seconds)
         self.owner = worker_identity()
         self.worker_id = worker_id  # this process's row in the worker registry
@@ -169,7 +170,7 @@ class Worker:
     def _progress_writer(self, job: Job, stop: _StopFlags):
         last = {"phase": None, "at": 0.0}
         crash = self.settings.fault_crash_prompt
-        crash_here = bool(crash) and crash in job.params.get("prompt", "")
+        crash_here = bool(crash) and crash in (job.params.get("prompt") or "")
 
         def on_progress(progress: Progress) -> None:
             self.current_progress = progress
