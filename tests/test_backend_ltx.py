@@ -32,6 +32,8 @@ class TestLtx(BackendContract):
 
         assert backend_for_class("LTXPipeline") == backend_for_class("LTXImageToVideoPipeline") == "ltx"
         assert pipeline_class_for("LTXPipeline").__name__ == "LTXImageToVideoPipeline"
+        new_vae = {"down_block_types": ["LTXVideo095DownBlock3D"] * 4}  # 0.9.5's VAE, saved as LTXPipeline
+        assert pipeline_class_for("LTXPipeline", new_vae).__name__ == "LTXConditionPipeline"
         old = model_dir.parent / "tiny-ltx-0.9.1"
         if not old.exists():
             import shutil

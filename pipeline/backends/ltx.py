@@ -1,7 +1,8 @@
 """LTX-Video 0.9.x (Lightricks, 2024-2025) through diffusers' LTX pipelines: the fast backend.
 
-Checkpoints from 0.9.5 on are saved as LTXConditionPipeline and run through it; older ones (saved as
-LTXPipeline or LTXImageToVideoPipeline) run through LTXImageToVideoPipeline. Distilled checkpoints
+Checkpoints from 0.9.5 on run through LTXConditionPipeline, older ones (0.9.0, 0.9.1) through
+LTXImageToVideoPipeline. Some 0.9.5+ folders are saved as LTXPipeline, so the VAE tells them apart too:
+0.9.5 brought a new VAE (LTXVideo095DownBlock3D). Distilled checkpoints
 want 4-10 steps and guidance 1, which a sidecar (or a preset folder) asks for like any other
 parameter. Frame-rate conditioning is the video's fps.
 """
@@ -51,24 +52,26 @@ RULES = BackendRules(
 )
 
 
-def pipeline_class_for(class_name: str | None):
-    """LTXConditionPipeline for checkpoints saved as one (0.9.5+), LTXImageToVideoPipeline otherwise."""
+def pipeline_class_for(class_name: str | None, vae_config: dict | None = None):
+    """LTXConditionPipeline for 0.9.5+ checkpoints (by class name or VAE), LTXImageToVideoPipeline otherwise."""
     from diffusers import LTXConditionPipeline, LTXImageToVideoPipeline
 
-    return LTXConditionPipeline if class_name == CONDITION_PIPELINE else LTXImageToVideoPipeline
+    new_vae = "LTXVideo095DownBlock3D" in (vae_config or {}).get("down_block_types", ())
+    return LTXConditionPipeline if class_name == CONDITION_PIPELINE or new_vae else LTXImageToVideoPipeline
 
 
 class Backend:
     rules = RULES
 
     def load(self, model: str, placement):
-        from diffusers import DiffusionPipeline
+        from diffusers import AutoencoderKLLTXVideo, DiffusionPipeline
 
         try:
             class_name = DiffusionPipeline.load_config(model).get("_class_name")
+            vae_config = AutoencoderKLLTXVideo.load_config(model, subfolder="vae")
         except Exception:  # noqa: BLE001  unreadable here: from_pretrained below says why, in one line
-            class_name = None
-        return from_pretrained(pipeline_class_for(class_name), model, placement)
+            class_name, vae_config = None, None
+        return from_pretrained(pipeline_class_for(class_name, vae_config), model, placement)
 
     def build_tiny(self):
         """Random weights in the shapes of diffusers' own LTX condition-pipeline fast tests (0.9.5+ layout)."""
