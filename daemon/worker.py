@@ -233,7 +233,7 @@ class Worker:
             "name": served.name,
             "id": served.source.value,
             "backend": served.source.backend,
-            "pipeline": type(generator.pipe).__name__,
+            "pipeline_class": type(generator.pipe).__name__,
             "revision": self.loaded.revision,
             "smoke_test": served.source.tiny,
             "device": str(generator.placement.device),
