@@ -10,7 +10,7 @@
 
 Both processes load the model before their clock starts and neither warms it up. Each job seeds
 torch (the job's generator and the global one, as the daemon does). The prompt embeddings come
-from `pipeline.generate.encode_prompt` in both (the pipeline's own path is broken by
+from `pipeline.backends.i2vgen_xl.encode_prompt` in both (the pipeline's own path is broken by
 transformers >= 5.6, see README) and the MP4s from `pipeline.video.encode_mp4`; the MP4s of (a)
 and (b) are compared byte for byte, so both did the same work.
 
@@ -63,7 +63,7 @@ def run_bare(spec_file: Path, main_thread: bool) -> None:
     import torch
     from diffusers import I2VGenXLPipeline
 
-    from pipeline.generate import encode_prompt
+    from pipeline.backends.i2vgen_xl import encode_prompt
     from pipeline.loader import quiet_libraries
     from pipeline.video import encode_mp4
 

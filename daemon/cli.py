@@ -8,7 +8,7 @@ import os
 import shutil
 import sys
 import time
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from pydantic import ValidationError
 
@@ -17,8 +17,9 @@ from daemon.errors import I2vdError, InputRejected
 from daemon.files import publish, temp_path, unique_stem
 from daemon.images import is_image_name
 from daemon.models import Job, JobState, utcnow
+from daemon.catalog import ModelCatalog
 from daemon.settings import Settings, describe_error, load_settings, split_host_port
-from daemon.sidecar import PRESETS, parse_sidecar
+from daemon.sidecar import PRESETS, params_for, parse_sidecar
 from pipeline.errors import ModelUnavailable
 
 
@@ -56,23 +57,27 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     submit = sub.add_parser("submit", help="drop an image and its sidecar into the inbox, safely",
-                            description="Validate the parameters, then write IMAGE and its sidecar into the "
-                            "inbox under hidden temporary names and rename them into place. Options left out "
-                            "take the preset's value (or the daemon's default_* settings).")
+                            description="Validate the parameters against the model that will run them, then "
+                            "write IMAGE and its sidecar into the inbox under hidden temporary names and rename "
+                            "them into place. Options left out take the model's preset value (or the daemon's "
+                            "default_* settings). Ranges depend on the model: see README's backends table.")
     submit.add_argument("image", type=Path, help="a .png, .jpg, .jpeg or .webp file")
-    submit.add_argument("--prompt", required=True, help="what should happen in the video")
+    submit.add_argument("--prompt", help="what should happen in the video (required by most models)")
+    submit.add_argument("--model", help="a served model's name or id (default: the first configured)")
     submit.add_argument("--name", help="file stem in the inbox, and so of the output (default: the image's); "
                         "a plain name, not hidden; -1, -2 ... is added if taken")
     submit.add_argument("--negative-prompt", help="what the video should avoid")
     submit.add_argument("--preset", choices=sorted(PRESETS), help="resolution, frames and steps in one word")
-    submit.add_argument("--resolution", help="256, 512, 768 or 1024 (square); or give --width and --height")
-    submit.add_argument("--width", type=int, help="pixels, a multiple of 8 from 32 to 2048 (with --height)")
-    submit.add_argument("--height", type=int, help="pixels, a multiple of 8 from 32 to 2048 (with --width)")
-    submit.add_argument("--num-frames", type=int, help="frames in the video, 8 to 32")
-    submit.add_argument("--fps", type=int, help="frames per second of the MP4, 4 to 30")
-    submit.add_argument("--steps", type=int, help="denoising steps, 10 to 150: more is slower and finer")
-    submit.add_argument("--guidance-scale", type=float, help="how closely to follow the prompt, 1 to 20")
+    submit.add_argument("--resolution", help="the long side in pixels (e.g. 512 or \"512p\"); or give --width and --height")
+    submit.add_argument("--width", type=int, help="pixels, a multiple of the model's size step (with --height)")
+    submit.add_argument("--height", type=int, help="pixels, a multiple of the model's size step (with --width)")
+    submit.add_argument("--num-frames", type=int, help="frames in the video, as the model's frame rule allows")
+    submit.add_argument("--fps", type=int, help="frames per second of the MP4")
+    submit.add_argument("--steps", type=int, help="denoising steps: more is slower and finer")
+    submit.add_argument("--guidance-scale", type=float, help="how closely to follow the prompt")
     submit.add_argument("--seed", type=int, help="random seed, for a reproducible video (default: drawn)")
+    submit.add_argument("--interpolate", type=int, choices=(1, 2, 4),
+                        help="synthesise in-between frames: 2 or 4 times the frames and fps")
     submit.add_argument("--output-name", help="stem of the output files (default: the inbox stem)")
     submit.add_argument("--priority", type=int, help="-10 to 10; higher runs first (default 0)")
     submit.set_defaults(func=cmd_submit)
@@ -153,15 +158,18 @@ def cmd_submit(settings: Settings, args) -> int:
         print(f"i2vd: {what}: {_name_problem(name, suffix)}", file=sys.stderr)
         return 2
     fields = {
-        "prompt": args.prompt, "negative_prompt": args.negative_prompt, "preset": args.preset,
+        "prompt": args.prompt, "negative_prompt": args.negative_prompt, "model": args.model,
+        "preset": args.preset,
         "resolution": args.resolution, "width": args.width, "height": args.height,
         "num_frames": args.num_frames, "fps": args.fps, "steps": args.steps,
-        "guidance_scale": args.guidance_scale, "seed": args.seed, "output_name": args.output_name,
+        "guidance_scale": args.guidance_scale, "seed": args.seed, "interpolate": args.interpolate,
+        "output_name": args.output_name,
         "priority": args.priority,
     }
     raw = json.dumps({k: v for k, v in fields.items() if v is not None}, ensure_ascii=False).encode()
     try:
-        parse_sidecar(raw)  # the daemon would reject it anyway; say so now
+        # The daemon would reject it anyway; say so now.
+        params_for(parse_sidecar(raw), PurePath(), ModelCatalog.from_settings(settings), settings)
     except InputRejected as exc:
         print(f"i2vd: {_flag_errors(exc)}", file=sys.stderr)
         return 2
@@ -282,7 +290,7 @@ def cmd_status(settings: Settings, args) -> int:
 
 
 def _status_text(queue, sessions, limit: int, lease_seconds: float) -> str:
-    from daemon.workers import lease_note, recent_workers, worker_lines
+    from daemon.workers import lease_note, recent_workers, unserved_lines, worker_lines
 
     counts = queue.counts()
     lines = ["  ".join(f"{state.value}: {counts[state]}" for state in JobState)]
@@ -290,7 +298,9 @@ def _status_text(queue, sessions, limit: int, lease_seconds: float) -> str:
     for job in running:
         lines.append(f"running #{job.id} {job.output_stem}: {progress_line(job)}, on {job.lease_owner}"
                      f"{lease_note(job, now)}")
-    workers = worker_lines(recent_workers(sessions, now), running, now, lease_seconds)
+    known = recent_workers(sessions, now)
+    lines += unserved_lines(queue.queued_by_model(), known, now, lease_seconds)
+    workers = worker_lines(known, running, now, lease_seconds)
     if workers:
         lines += ["", *workers]
     jobs = queue.recent(limit)

@@ -21,10 +21,11 @@ from daemon.outputs import (POSTER, PREVIEW, RAW_VIDEO, VIDEO, OutputName, Outpu
                             discard_set, finish_set)
 from daemon.queue import JobQueue, worker_identity
 from daemon.retry import RetryPolicy
+from daemon.pool import LoadedModel, ModelPool
 from daemon.settings import Settings
 from daemon.supervisor import PeriodicTask
+from pipeline.backends.base import Progress
 from pipeline.errors import EncodeError, GenerationInterrupted
-from pipeline.generate import Progress, VideoGenerator
 from pipeline.oom import OomLadder, Rung, free_memory, is_oom, peak_memory_bytes
 from pipeline.params import GenerationParams
 from pipeline.previews import write_poster, write_preview
@@ -38,12 +39,12 @@ PROGRESS_WRITE_INTERVAL = 0.5  # seconds between progress rows; phases are alway
 class Worker:
     """Runs queued jobs one at a time on a pipeline that stays loaded."""
 
-    def __init__(self, settings: Settings, queue: JobQueue, generator: VideoGenerator,
+    def __init__(self, settings: Settings, queue: JobQueue, models: ModelPool,
                  worker_id: int | None = None) -> None:
         self.settings = settings
         self.queue = queue
-        self.generator = generator
-        self.ladder = OomLadder(settings.oom_ladder)
+        self.models = models
+        self.loaded: LoadedModel | None = None  # the running job's model
         self.retry_policy = RetryPolicy(settings.max_retries, settings.retry_backoff_seconds)
         self.owner = worker_identity()
         self.worker_id = worker_id  # this process's row in the worker registry
@@ -55,7 +56,8 @@ class Worker:
         """Take jobs until `stop` is set; `wake` cuts the idle wait short."""
         while not stop.is_set():
             try:
-                job = self.queue.claim(self.owner, self.settings.lease_seconds)
+                job = self.queue.claim(self.owner, self.settings.lease_seconds, self.models.catalog.names,
+                                       self.models.resident)
                 if job is not None:
                     self.execute(job)
                     continue
@@ -73,17 +75,19 @@ class Worker:
         attempt = None
         started = time.monotonic()
         try:
+            self.loaded = self.models.get(job.model or self.models.catalog.default.name)
+            generator = self.loaded.generator
             image = self._load_image(job)
             tried: list[Rung] = []
-            for rung in self.ladder.walk(requested):
+            for rung in OomLadder(generator.backend.rules, self.settings.oom_ladder).walk(requested):
                 attempt = self.queue.start_attempt(job.id, self.owner, rung.params.to_dict(), rung.name,
                                                    self.worker_id)
                 log.info("job_started", job_id=job.id, attempt=attempt.number, rung=rung.name,
                          width=rung.params.width, height=rung.params.height,
                          num_frames=rung.params.num_frames, steps=rung.params.steps)
                 try:
-                    frames = self.generator.generate(image, rung.params, self._progress_writer(job, stop),
-                                                     rung.memory)
+                    frames = generator.generate(image, rung.params, self._progress_writer(job, stop),
+                                                rung.memory)
                     break
                 except Exception as exc:
                     if not is_oom(exc):
@@ -106,6 +110,7 @@ class Worker:
             metrics.job_finished("failed", time.monotonic() - started)
         finally:
             heartbeat.stop()
+            self.loaded = None
             self.current_job = None
             self.current_progress = None
 
@@ -153,7 +158,7 @@ class Worker:
                      staged: StagedOutputs) -> tuple[EncodedVideo, dict[str, str]]:
         """The verified video and the extras the settings ask for, under the set's temporary names."""
         def tags(interpolate: int) -> dict[str, str]:
-            return video_tags(job.output_stem, params, model=self.settings.model, version=__version__,
+            return video_tags(job.output_stem, params, model=self._model_metadata()["id"], version=__version__,
                               interpolation=plan_interpolation(len(frames), params.fps, interpolate))
 
         video = encode_mp4(frames, staged.temp(VIDEO), params.fps, tags=tags(params.interpolate),
@@ -231,7 +236,7 @@ class Worker:
     def _progress_writer(self, job: Job, stop: _StopFlags):
         last = {"phase": None, "at": 0.0}
         crash = self.settings.fault_crash_prompt
-        crash_here = bool(crash) and crash in job.params.get("prompt", "")
+        crash_here = bool(crash) and crash in (job.params.get("prompt") or "")
 
         def on_progress(progress: Progress) -> None:
             self.current_progress = progress
@@ -268,12 +273,7 @@ class Worker:
                 "image_path": job.image_path,
                 "sidecar_path": job.sidecar_path,
             },
-            "model": {
-                "id": self.settings.model,
-                "smoke_test": self.settings.is_tiny_model,
-                "device": str(self.generator.placement.device),
-                "dtype": str(self.generator.placement.dtype).removeprefix("torch."),
-            },
+            "model": self._model_metadata(),
             "timings": {
                 "queued_at": job.created_at.isoformat(),
                 "started_at": job.started_at.isoformat() if job.started_at else None,
@@ -283,6 +283,19 @@ class Worker:
             "attempts": [_attempt_summary(a, finished if a.id == attempt_id else None)
                          for a in self.queue.get(job.id).attempts],
             "versions": dict(package_versions()),
+        }
+
+    def _model_metadata(self) -> dict:
+        served, generator = self.loaded.model, self.loaded.generator
+        return {
+            "name": served.name,
+            "id": served.value if served.source.tiny else served.source.source,  # hub id or folder
+            "backend": served.source.backend,
+            "pipeline_class": type(generator.pipe).__name__,
+            "revision": self.loaded.revision,
+            "smoke_test": served.source.tiny,
+            "device": str(generator.placement.device),
+            "dtype": str(generator.placement.dtype).removeprefix("torch."),
         }
 
 
@@ -308,7 +321,8 @@ def _downgrade(requested: GenerationParams, rung: Rung) -> dict:
     produced = rung.params
     return {
         "rung": rung.name,
-        "memory": {"vae_slicing": rung.memory.vae_slicing, "cpu_offload": rung.memory.cpu_offload},
+        "memory": {"vae_slicing": rung.memory.vae_slicing, "cpu_offload": rung.memory.cpu_offload,
+                   "sequential_offload": rung.memory.sequential_offload},
         "from": {"width": requested.width, "height": requested.height, "num_frames": requested.num_frames},
         "to": {"width": produced.width, "height": produced.height, "num_frames": produced.num_frames},
     }

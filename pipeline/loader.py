@@ -1,11 +1,8 @@
-"""Model loading: one I2VGen-XL pipeline, loaded once, on the right device and dtype."""
+"""Model loading: placement (device and dtype), and a model value's pipeline through its backend."""
 
 from __future__ import annotations
 
-import os
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -44,40 +41,13 @@ def quiet_libraries() -> None:
     huggingface_hub.utils.disable_progress_bars()
 
 
-def looks_like_path(model: str) -> bool:
-    return model.startswith(("/", "./", "../", "~")) or os.path.isdir(os.path.expanduser(model))
+def load_pipeline(model: str, placement: Placement, backend: str | None = None):
+    """The pipeline of a hub id or local folder, loaded by `backend` (detected when not given)."""
+    from pipeline.backends import get_backend, parse_model
 
-
-def load_pipeline(model: str, placement: Placement):
-    """`I2VGenXLPipeline.from_pretrained` on a hub id or local directory, with one clear error line."""
-    from diffusers import I2VGenXLPipeline
-
-    quiet_libraries()
-
-    if looks_like_path(model):
-        path = Path(model).expanduser()
-        if not (path / "model_index.json").is_file():
-            raise ModelUnavailable(
-                f"model directory {path} has no model_index.json; point I2VD_MODEL at a diffusers "
-                "I2VGen-XL folder (e.g. one made by `huggingface-cli download ali-vilab/i2vgen-xl`)"
-            )
-    attempts = [{"variant": "fp16"}, {}] if placement.dtype == torch.float16 else [{}]
-    last_error: Exception | None = None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # deprecation notices about the pipeline itself
-        for extra in attempts:
-            try:
-                pipe = I2VGenXLPipeline.from_pretrained(model, torch_dtype=placement.dtype, **extra)
-                break
-            except Exception as exc:  # hub, filesystem and config errors all mean "not loadable"
-                last_error = exc
-        else:
-            reason = str(last_error).strip().splitlines()[0] if str(last_error).strip() else type(last_error).__name__
-            raise ModelUnavailable(
-                f"could not load model {model!r} ({type(last_error).__name__}: {reason[:300]}). "
-                "Tried the local Hugging Face cache and the hub. Fix: download it where the hub is "
-                "reachable and set I2VD_MODEL to that local directory, or use I2VD_MODEL=tiny for the "
-                "offline smoke-test model"
-            ) from None
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(placement.device)
+    if backend is None:
+        try:
+            backend = parse_model(model).backend
+        except LookupError as exc:
+            raise ModelUnavailable(f"model {model!r}: {exc}") from None
+    return get_backend(backend).load(model, placement)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from pipeline.backends.base import LADDER_RUNGS, BackendRules, MemoryOptions
 from pipeline.params import GenerationParams
 
 _OOM_MESSAGES = (
@@ -20,9 +21,7 @@ _OOM_MESSAGES = (
 )
 
 RESOLUTION_STEPS = (1024, 768, 512, 256)
-MIN_FRAMES = 8
-RUNGS = ("vae_slicing", "cpu_offload", "fewer_frames", "lower_resolution")
-"""Cheapest loss first: memory-saving modes cost only time; fewer frames and pixels cost output."""
+"""lower_resolution steps the long side down these while the backend allows the size."""
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -47,14 +46,6 @@ def peak_memory_bytes() -> int | None:
 
 
 @dataclass(frozen=True)
-class MemoryOptions:
-    """How the pipeline trades speed for memory; no effect on the picture."""
-
-    vae_slicing: bool = False  # decode one frame at a time, VAE tiling on
-    cpu_offload: bool = False  # keep only the running sub-model on the GPU
-
-
-@dataclass(frozen=True)
 class Rung:
     name: str  # "full" for the first try
     params: GenerationParams
@@ -62,13 +53,17 @@ class Rung:
 
 
 class OomLadder:
-    """The sequence of tries for one job: as asked, then each configured rung in turn."""
+    """The sequence of tries for one job: as asked, then each rung that is configured and applies.
 
-    def __init__(self, rungs: tuple[str, ...] = RUNGS) -> None:
-        unknown = set(rungs) - set(RUNGS)
+    Which rungs apply, which frame counts and which sizes are valid come from the backend's rules.
+    """
+
+    def __init__(self, rules: BackendRules, rungs: tuple[str, ...] = LADDER_RUNGS) -> None:
+        unknown = set(rungs) - set(LADDER_RUNGS)
         if unknown:
-            raise ValueError(f"unknown OOM ladder rungs {sorted(unknown)}; known: {', '.join(RUNGS)}")
-        self.rungs = rungs
+            raise ValueError(f"unknown OOM ladder rungs {sorted(unknown)}; known: {', '.join(LADDER_RUNGS)}")
+        self.rules = rules
+        self.rungs = tuple(r for r in rungs if r in rules.ladder_rungs)
 
     def walk(self, params: GenerationParams) -> Iterator[Rung]:
         """Yield the first try and every downgrade after it; each keeps the savings before it."""
@@ -81,26 +76,39 @@ class OomLadder:
             elif name == "cpu_offload":
                 memory = replace(memory, cpu_offload=True)
                 yield Rung(name, params, memory)
+            elif name == "sequential_offload":
+                memory = replace(memory, sequential_offload=True)
+                yield Rung(name, params, memory)
             elif name == "fewer_frames":
-                while params.num_frames > MIN_FRAMES:
-                    params = replace(params, num_frames=max(MIN_FRAMES, params.num_frames // 2))
+                while (fewer := self._fewer_frames(params)) is not None:
+                    params = fewer
                     yield Rung(name, params, memory)
             elif name == "lower_resolution":
-                while (smaller := _smaller(params)) is not None:
+                while (smaller := self._smaller(params)) is not None:
                     params = smaller
                     yield Rung(name, params, memory)
 
+    def _fewer_frames(self, params: GenerationParams) -> GenerationParams | None:
+        """About half the frames, the nearest count the backend accepts at or below that."""
+        frames = self.rules.frames
+        half = frames.floor(max(params.num_frames // 2, frames.minimum))
+        if half is None or half >= params.num_frames:
+            return None
+        return replace(params, num_frames=half)
 
-def _smaller(params: GenerationParams) -> GenerationParams | None:
-    """The next resolution down (1024 -> 768 -> 512 -> 256 on the long side), same aspect ratio."""
-    long_side = max(params.width, params.height)
-    target = next((r for r in RESOLUTION_STEPS if r < long_side), None)
-    if target is None:
-        return None
-    scale = target / long_side
-    width = max(8, round(params.width * scale / 8) * 8)
-    height = max(8, round(params.height * scale / 8) * 8)
-    return replace(params, width=width, height=height)
+    def _smaller(self, params: GenerationParams) -> GenerationParams | None:
+        """The next resolution down on the long side, same aspect ratio, sizes the backend accepts."""
+        multiple, min_size = self.rules.size_multiple, self.rules.min_size
+        long_side = max(params.width, params.height)
+        target = next((r for r in RESOLUTION_STEPS if r < long_side), None)
+        if target is None:
+            return None
+        scale = target / long_side
+        width = max(multiple, round(params.width * scale / multiple) * multiple)
+        height = max(multiple, round(params.height * scale / multiple) * multiple)
+        if min(width, height) < min_size:  # the ladder ends here
+            return None
+        return replace(params, width=width, height=height)
 
 
 def raise_injected_oom(params: GenerationParams, above: int | None) -> None:

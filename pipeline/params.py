@@ -1,8 +1,21 @@
-"""The validated parameters of one generation."""
+"""The validated parameters of one generation, and their persisted (versioned) form."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+
+VERSION = 2
+"""Version of the persisted dict. 1: unversioned, prompt always set (before backends). 2: "version"
+key; prompt may be None (backends that take no text). Bump it with an upgrade step in `_UPGRADES`
+whenever a field changes meaning or becomes required, so jobs queued before an upgrade still run."""
+
+
+def _from_v1(data: dict) -> dict:
+    return data  # same fields; v1 simply had no "version" key
+
+
+_UPGRADES = {1: _from_v1}  # version n -> n+1
+
 
 INTERPOLATION_FACTORS = (1, 2, 4)
 """Frame interpolation factors: 1 keeps the generated frames as they are."""
@@ -12,7 +25,7 @@ INTERPOLATION_FACTORS = (1, 2, 4)
 class GenerationParams:
     """Everything the model needs besides the image; already validated by the caller."""
 
-    prompt: str
+    prompt: str | None
     width: int
     height: int
     num_frames: int
@@ -24,8 +37,17 @@ class GenerationParams:
     interpolate: int = 1  # applied when encoding: k*num_frames frames at k*fps (pipeline.video)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"version": VERSION, **asdict(self)}
 
     @classmethod
     def from_dict(cls, data: dict) -> GenerationParams:
+        """From a persisted dict of this or any older version (a job queued before an upgrade)."""
+        data = dict(data)
+        version = data.pop("version", 1)
+        if not isinstance(version, int) or not 1 <= version <= VERSION:
+            raise ValueError(f"job parameters have version {version!r}; this i2vd reads 1 to {VERSION} "
+                             "(was the job queued by a newer i2vd?)")
+        while version < VERSION:
+            data = _UPGRADES[version](data)
+            version += 1
         return cls(**data)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.gpu import TOY, Bench, Setup, main
+from bench.gpu import TOY, Bench, Setup, main, toy_shapes
 
 
 @pytest.fixture(autouse=True)
@@ -41,3 +41,33 @@ def test_flops_per_job_are_counted_from_the_models(capsys):
     out = capsys.readouterr().out
     assert "unet step (guidance batch of 2)" in out and "vae decode (all frames)" in out
     assert out.splitlines()[-1].startswith("toy: ")
+
+
+def test_every_backend_runs_through_the_timing_code_at_toy_size(capsys):
+    assert main(["--toy", "--backend", "svd", "wan", "ltx", "cogvideox", "--repeats", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].startswith("toy smoke test: 4 of 4 runs completed on cpu")
+    for backend in ("svd", "wan", "ltx", "cogvideox"):
+        row = next(line for line in lines if line.startswith(f"{backend} toy"))
+        assert "%" in row  # MFU and step MFU were computed from counted FLOPs
+
+
+def test_diffusers_accelerations_apply_to_a_transformer_backend():
+    """Attention backend, FirstBlockCache and VAE tiling on the tiny Wan (compilation is CUDA-only).
+
+    Wan's because FirstBlockCache needs two blocks at least (the tiny LTX-Video has one)."""
+    bench = Bench(torch.device("cpu"), toy=True, repeats=1, backend="wan")
+    setup = Setup(dtype=torch.float32, attention_backend="native", first_block_cache=0.05, vae_tiling=True)
+    shape = toy_shapes("wan")[0]
+    result = bench.run("accelerated", shape, setup)
+    assert result.error is None and result.timing.step_seconds > 0
+    assert result.step_flops == bench.flops["toy"][1] > 0
+
+
+def test_flops_of_a_backend_default_job_on_the_meta_device(capsys):
+    assert main(["--flops", "--backend", "ltx"]) == 0
+    out = capsys.readouterr().out
+    assert "params   ltx: transformer 1.923 B" in out
+    assert "ltx distilled (768x512, 121 frames, 8 steps, guidance 1)" in out
+    assert "denoiser step (batch 1)" in out and "denoiser step (batch 2)" in out
+    assert out.splitlines()[-1].startswith("ltx standard: ")

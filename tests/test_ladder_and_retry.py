@@ -6,6 +6,7 @@ import torch
 
 from daemon.errors import InputRejected, LadderExhausted
 from daemon.retry import RetryPolicy
+from pipeline.backends import RULES
 from pipeline.oom import OomLadder, is_oom
 from pipeline.params import GenerationParams
 
@@ -16,21 +17,23 @@ def params(width=1024, height=1024, frames=32) -> GenerationParams:
 
 
 def test_ladder_walks_cheapest_loss_first():
-    rungs = list(OomLadder().walk(params()))
-    assert [r.name for r in rungs] == ["full", "vae_slicing", "cpu_offload", "fewer_frames", "fewer_frames",
+    rungs = list(OomLadder(RULES["i2vgen-xl"]).walk(params()))
+    assert [r.name for r in rungs] == ["full", "vae_slicing", "cpu_offload", "sequential_offload",
+                                       "fewer_frames", "fewer_frames",
                                        "lower_resolution", "lower_resolution", "lower_resolution"]
-    assert [r.params.num_frames for r in rungs] == [32, 32, 32, 16, 8, 8, 8, 8]
+    assert [r.params.num_frames for r in rungs] == [32, 32, 32, 32, 16, 8, 8, 8, 8]
     assert [r.params.width for r in rungs][-4:] == [1024, 768, 512, 256]
     assert rungs[0].memory.vae_slicing is False and rungs[1].memory.vae_slicing is True
-    assert rungs[2].memory.cpu_offload and rungs[-1].memory.vae_slicing  # savings are kept
+    assert rungs[2].memory.cpu_offload and rungs[3].memory.sequential_offload
+    assert rungs[-1].memory.vae_slicing and rungs[-1].memory.cpu_offload  # savings are kept
 
 
 def test_ladder_keeps_aspect_ratio_and_is_configurable():
-    rungs = list(OomLadder(("lower_resolution",)).walk(params(width=1280, height=704, frames=16)))
+    rungs = list(OomLadder(RULES["i2vgen-xl"], ("lower_resolution",)).walk(params(width=1280, height=704, frames=16)))
     assert [r.params.width for r in rungs] == [1280, 1024, 768, 512, 256]
     for r in rungs:
         assert r.params.height % 8 == 0 and abs(r.params.width / r.params.height - 1280 / 704) < 0.06
-    assert [r.name for r in OomLadder(()).walk(params())] == ["full"]
+    assert [r.name for r in OomLadder(RULES["i2vgen-xl"], ()).walk(params())] == ["full"]
 
 
 def test_oom_in_all_its_forms():

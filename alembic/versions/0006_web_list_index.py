@@ -8,7 +8,7 @@ Create Date: 2026-11-23
 from alembic import op
 
 revision = "0006"
-down_revision = "0004"  # 0003 in the brief; rechained onto the events outbox merged here
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

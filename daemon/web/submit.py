@@ -15,7 +15,7 @@ import secrets
 import shutil
 import threading
 import typing
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import BinaryIO
 
 from daemon.errors import InputRejected
@@ -25,7 +25,7 @@ from daemon.intake import Intake
 from daemon.models import Job
 from daemon.queue import JobQueue, NewJob
 from daemon.settings import Settings
-from daemon.sidecar import Sidecar, parse_sidecar, resolve
+from daemon.sidecar import Sidecar, params_for, parse_sidecar
 
 WEB_DIR = "web"  # inbox/done/web/: where web uploads are kept, beside the dropped pairs' done/ files
 COPY_CHUNK = 1024 * 1024
@@ -118,12 +118,11 @@ class WebSubmitter:
             check_image(staged_image, max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels)
             staged_sidecar = staging / f"{stem}.json"
             staged_sidecar.write_bytes(raw)
-            params = resolve(sidecar, default_preset=s.default_preset, default_fps=s.default_fps,
-                             default_negative_prompt=s.default_negative_prompt)
+            model, params = params_for(sidecar, PurePath(), self.intake.catalog, s)
             with _naming:
                 base = unique_stem(done_dir, stem, (suffix, ".json"))
                 job, created = self.queue.create(NewJob(
-                    idempotency_key=key, params=params.to_dict(), priority=sidecar.priority,
+                    idempotency_key=key, params=params.to_dict(), model=model.name, priority=sidecar.priority,
                     output_stem=sidecar.output_name or stem, output_subdir="",
                     source_image=str(staged_image), source_sidecar=str(staged_sidecar),
                     image_path=str(done_dir / f"{base}{suffix}"), sidecar_path=str(done_dir / f"{base}.json"),

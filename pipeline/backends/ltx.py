@@ -1,0 +1,132 @@
+"""LTX-Video 0.9.x (Lightricks, 2024-2025) through diffusers' LTX pipelines: the fast backend.
+
+Checkpoints from 0.9.5 on run through LTXConditionPipeline, older ones (0.9.0, 0.9.1) through
+LTXImageToVideoPipeline. Some 0.9.5+ folders are saved as LTXPipeline, so the VAE tells them apart too:
+0.9.5 brought a new VAE (LTXVideo095DownBlock3D). Distilled checkpoints
+want 4-10 steps and guidance 1, which a sidecar (or a preset folder) asks for like any other
+parameter. Frame-rate conditioning is the video's fps.
+"""
+
+from __future__ import annotations
+
+from pipeline.backends.base import (
+    LADDER_RUNGS,
+    BackendRules,
+    FrameRule,
+    MemoryOptions,
+    Preset,
+    Progress,
+    ProgressCallback,
+    apply_memory_options,
+    from_pretrained,
+    seeded_generator,
+    step_callback,
+    to_uint8,
+)
+
+CONDITION_PIPELINE = "LTXConditionPipeline"
+
+# LTX-Video's card: sizes divisible by 32, 8k+1 frames, best below 720x1280 and 257 frames; the
+# diffusers examples use 704x480 / 768x512, 161 frames, 50 steps (40 with guidance 3), 24-30 fps.
+RULES = BackendRules(
+    name="ltx",
+    pipeline_classes=(CONDITION_PIPELINE, "LTXImageToVideoPipeline", "LTXPipeline"),
+    default_model="Lightricks/LTX-Video",
+    prompt_required=True,
+    size_multiple=32,
+    min_size=32,
+    max_size=1280,
+    frames=FrameRule(multiple=8, offset=1, minimum=9, maximum=257),
+    steps_range=(2, 100),
+    guidance_range=(1.0, 10.0),
+    fps_range=(8, 60),
+    presets={
+        "preview": Preset(width=512, height=352, num_frames=65, steps=20, fps=24, guidance_scale=3.0),
+        "standard": Preset(width=704, height=480, num_frames=121, steps=40, fps=24, guidance_scale=3.0),
+        "high": Preset(width=768, height=512, num_frames=161, steps=50, fps=24, guidance_scale=3.0),
+        "max": Preset(width=1216, height=704, num_frames=257, steps=50, fps=24, guidance_scale=3.0),
+    },
+    ladder_rungs=LADDER_RUNGS,
+    licence="OpenRAIL-M (0.9.0-0.9.1); LTXV Open Weights License (0.9.5 and later)",
+    hub_prefixes=("Lightricks/LTX-Video",),
+)
+
+
+def pipeline_class_for(class_name: str | None, vae_config: dict | None = None):
+    """LTXConditionPipeline for 0.9.5+ checkpoints (by class name or VAE), LTXImageToVideoPipeline otherwise."""
+    from diffusers import LTXConditionPipeline, LTXImageToVideoPipeline
+
+    new_vae = "LTXVideo095DownBlock3D" in (vae_config or {}).get("down_block_types", ())
+    return LTXConditionPipeline if class_name == CONDITION_PIPELINE or new_vae else LTXImageToVideoPipeline
+
+
+class Backend:
+    rules = RULES
+
+    def load(self, model: str, placement):
+        from diffusers import AutoencoderKLLTXVideo, DiffusionPipeline
+
+        try:
+            class_name = DiffusionPipeline.load_config(model).get("_class_name")
+            vae_config = AutoencoderKLLTXVideo.load_config(model, subfolder="vae")
+        except Exception:  # noqa: BLE001  unreadable here: from_pretrained below says why, in one line
+            class_name, vae_config = None, None
+        return from_pretrained(pipeline_class_for(class_name, vae_config), model, placement)
+
+    def build_tiny(self):
+        """Random weights in the shapes of diffusers' own LTX condition-pipeline fast tests (0.9.5+ layout)."""
+        import torch
+        from diffusers import (
+            AutoencoderKLLTXVideo,
+            FlowMatchEulerDiscreteScheduler,
+            LTXConditionPipeline,
+            LTXVideoTransformer3DModel,
+        )
+
+        from pipeline.loader import quiet_libraries
+        from pipeline.tiny_text import TEXT_DIM, build_t5_encoder, build_t5_tokenizer
+
+        quiet_libraries()
+        torch.manual_seed(0)
+        transformer = LTXVideoTransformer3DModel(
+            in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=4,
+            attention_head_dim=8, cross_attention_dim=32, num_layers=1, caption_channels=TEXT_DIM,
+        )
+        vae = AutoencoderKLLTXVideo(
+            in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 8, 8, 8),
+            decoder_block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1),
+            decoder_layers_per_block=(1, 1, 1, 1, 1), spatio_temporal_scaling=(True, True, False, False),
+            decoder_spatio_temporal_scaling=(True, True, False, False), decoder_inject_noise=(False,) * 5,
+            upsample_residual=(False,) * 4, upsample_factor=(1, 1, 1, 1), timestep_conditioning=False,
+            patch_size=1, patch_size_t=1, encoder_causal=True, decoder_causal=False,
+        )
+        return LTXConditionPipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=build_t5_encoder(),
+            tokenizer=build_t5_tokenizer(), transformer=transformer,
+        )
+
+    def generate(self, pipe, image, params, report: ProgressCallback, memory: MemoryOptions):
+        apply_memory_options(pipe, memory)
+        extra = {}
+        if pipe.vae.config.timestep_conditioning:
+            # Timestep-aware VAEs (0.9.1 on) decode best slightly noised: the values diffusers documents.
+            extra = dict(decode_timestep=0.05, decode_noise_scale=0.025)
+            if type(pipe).__name__ == CONDITION_PIPELINE:
+                extra["image_cond_noise_scale"] = 0.025
+        report(Progress("encoding_prompt"))
+        result = pipe(
+            image=image,
+            prompt=params.prompt,
+            negative_prompt=params.negative_prompt or "",
+            height=params.height,
+            width=params.width,
+            num_frames=params.num_frames,
+            frame_rate=params.fps,
+            num_inference_steps=params.steps,
+            guidance_scale=params.guidance_scale,
+            generator=seeded_generator(params.seed),
+            output_type="np",
+            callback_on_step_end=step_callback(report, params.steps),
+            **extra,
+        )
+        return to_uint8(result.frames)
