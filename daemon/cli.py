@@ -175,7 +175,7 @@ def cmd_status(settings: Settings, args) -> int:
 
 
 def _status_text(queue, sessions, limit: int, lease_seconds: float) -> str:
-    from daemon.workers import lease_note, recent_workers, worker_lines
+    from daemon.workers import lease_note, recent_workers, unserved_lines, worker_lines
 
     counts = queue.counts()
     lines = ["  ".join(f"{state.value}: {counts[state]}" for state in JobState)]
@@ -183,7 +183,9 @@ def _status_text(queue, sessions, limit: int, lease_seconds: float) -> str:
     for job in running:
         lines.append(f"running #{job.id} {job.output_stem}: {progress_line(job)}, on {job.lease_owner}"
                      f"{lease_note(job, now)}")
-    workers = worker_lines(recent_workers(sessions, now), running, now, lease_seconds)
+    known = recent_workers(sessions, now)
+    lines += unserved_lines(queue.queued_by_model(), known, now, lease_seconds)
+    workers = worker_lines(known, running, now, lease_seconds)
     if workers:
         lines += ["", *workers]
     jobs = queue.recent(limit)

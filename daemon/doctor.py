@@ -71,8 +71,8 @@ def check_gpu(settings: Settings) -> list[Finding]:
                else "no NVIDIA GPU is visible (driver, /dev/nvidia*, CUDA_VISIBLE_DEVICES?)")
         if wants_cuda:
             return [Finding("gpu", "fail", f"I2VD_DEVICE={settings.device} but {why}.")]
-        if settings.is_tiny_model:
-            return [Finding("gpu", "ok", f"no GPU ({why}); fine for the tiny smoke-test model.")]
+        if settings.only_tiny_models:
+            return [Finding("gpu", "ok", f"no GPU ({why}); fine for tiny smoke-test models.")]
         return [Finding("gpu", "warn", f"no GPU ({why}): the real model would run on the CPU, "
                                        "at hours per video.")]
     index = int(settings.device.partition(":")[2] or 0) if wants_cuda else 0
@@ -108,41 +108,58 @@ def check_ffmpeg(_settings: Settings) -> list[Finding]:
 
 
 def check_model(settings: Settings) -> list[Finding]:
+    """Each configured model: its backend detectable, its weights in a local folder or the hub cache."""
+    from pipeline.backends import parse_model
+
+    findings = []
+    for name, value in settings.model_entries:
+        try:
+            source = parse_model(value)
+        except LookupError as exc:
+            findings.append(Finding("model", "fail", f"{name or value}: {exc}."))
+            continue
+        label = f"{name or source.backend} ({source.backend})"
+        finding = _check_weights(settings, source)
+        findings.append(Finding("model", finding.level, f"{label}: {finding.message}"))
+    return findings
+
+
+def _check_weights(settings: Settings, source) -> Finding:
     from pipeline.backends.base import looks_like_path
 
-    model = settings.model
-    if settings.is_tiny_model:
-        return [Finding("model", "ok", "tiny smoke-test model (random weights, videos are noise); built "
-                                       f"offline in {settings.state_dir / 'models'} at first start.")]
+    model = source.source
+    if source.tiny:
+        return Finding("model", "ok", "tiny smoke-test model (random weights, videos are noise); built "
+                                      f"offline in {settings.state_dir / 'models'} at first start.")
     if looks_like_path(model):
         path = Path(model).expanduser()
         if not (path / "model_index.json").is_file():
-            return [Finding("model", "fail", f"{path} is not a diffusers model folder (no model_index.json).")]
-        return [Finding("model", "ok", f"local folder {path}, {_size(path) / GIB:.1f} GiB.")]
+            return Finding("model", "fail", f"{path} is not a diffusers model folder (no model_index.json).")
+        return Finding("model", "ok", f"local folder {path}, {_size(path) / GIB:.1f} GiB.")
 
     from huggingface_hub import constants, try_to_load_from_cache
 
     cached = try_to_load_from_cache(model, "model_index.json")
     if isinstance(cached, str):
         snapshot = Path(cached).parent
-        return [Finding("model", "ok", f"{model} is in the Hugging Face cache ({constants.HF_HUB_CACHE}), "
-                                       f"{_size(snapshot) / GIB:.1f} GiB.")]
+        return Finding("model", "ok", f"{model} is in the Hugging Face cache ({constants.HF_HUB_CACHE}), "
+                                      f"{_size(snapshot) / GIB:.1f} GiB.")
     if constants.HF_HUB_OFFLINE:
-        return [Finding("model", "fail", f"{model} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
-                                         "and HF_HUB_OFFLINE is set: download it, or set I2VD_MODEL to a "
-                                         "local folder.")]
+        return Finding("model", "fail", f"{model} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
+                                        "and HF_HUB_OFFLINE is set: download it, or set the model to a "
+                                        "local folder.")
     from huggingface_hub import HfApi
 
     try:
         info = HfApi().model_info(model, files_metadata=True, timeout=15)
     except Exception as exc:
-        return [Finding("model", "fail", f"{model} is not in the Hugging Face cache and the hub cannot be "
-                                         f"reached ({type(exc).__name__}); download it where the hub is "
-                                         "reachable and set I2VD_MODEL to that folder.")]
+        return Finding("model", "fail", f"{model} is not in the Hugging Face cache and the hub cannot be "
+                                        f"reached ({type(exc).__name__}); download it where the hub is "
+                                        "reachable and set the model to that folder.")
     size = sum(s.size or 0 for s in info.siblings or [])
-    return [Finding("model", "warn", f"{model} is not downloaded yet; the first start fetches it from the hub "
-                                     f"(the repository holds {size / GIB:.1f} GiB) into "
-                                     f"{constants.HF_HUB_CACHE}.")]
+    return Finding("model", "warn", f"{model} is not downloaded yet; the first start fetches it from the hub "
+                                    f"(the repository holds {size / GIB:.1f} GiB) into "
+                                    f"{constants.HF_HUB_CACHE}.")
 
 
 def check_database(settings: Settings) -> list[Finding]:

@@ -17,13 +17,14 @@ from pathlib import Path
 
 from daemon import __version__, metrics
 from daemon.errors import InputRejected
+from daemon.catalog import ModelCatalog
 from daemon.files import TEMP_PREFIX, move, unique_stem, write_json_atomic
 from daemon.images import check_image, is_image_name
 from daemon.logs import get_logger
 from daemon.models import utcnow
 from daemon.queue import JobQueue, NewJob
 from daemon.settings import Settings
-from daemon.sidecar import PRESETS, Sidecar, parse_sidecar, resolve
+from daemon.sidecar import Sidecar, parse_sidecar, resolve, route
 
 log = get_logger("i2vd.intake")
 
@@ -68,8 +69,10 @@ class IntakeStats:
 class Intake:
     """Tracks candidate files in the inbox and turns settled pairs into queued jobs."""
 
-    def __init__(self, settings: Settings, queue: JobQueue, on_queued=lambda: None) -> None:
+    def __init__(self, settings: Settings, queue: JobQueue, on_queued=lambda: None,
+                 catalog: ModelCatalog | None = None) -> None:
         self.settings = settings
+        self.catalog = catalog or ModelCatalog.from_settings(settings)
         self.queue = queue
         self.on_queued = on_queued
         self.stats = IntakeStats()
@@ -226,8 +229,18 @@ class Intake:
     # -- one pair -------------------------------------------------------------------------------
 
     def _ingest(self, pair: _Pair) -> None:
+        rel_dir = pair.directory.relative_to(self.settings.inbox_dir)
         try:
             sidecar = self._read_sidecar(pair)
+            chosen = route(sidecar, rel_dir, self.catalog)
+            params = resolve(
+                sidecar,
+                chosen.model.rules,
+                default_preset=chosen.folder_preset or self.settings.default_preset,
+                default_fps=self.settings.default_fps,
+                default_negative_prompt=self.settings.default_negative_prompt,
+                model_name=chosen.model.name,
+            )
             image = pair.image.resolve() if self._symlink_allowed(pair.image) else pair.image
             check_image(image, max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels)
         except InputRejected as rejection:
@@ -235,14 +248,6 @@ class Intake:
             return
         except FileNotFoundError:
             return  # it went away while we looked; nothing to take
-        rel_dir = pair.directory.relative_to(self.settings.inbox_dir)
-        folder_preset = rel_dir.parts[0] if rel_dir.parts and rel_dir.parts[0] in PRESETS else None
-        params = resolve(
-            sidecar,
-            default_preset=folder_preset or self.settings.default_preset,
-            default_fps=self.settings.default_fps,
-            default_negative_prompt=self.settings.default_negative_prompt,
-        )
         try:
             key = idempotency_key(self.settings.inbox_dir, pair.files)
         except FileNotFoundError:
@@ -253,6 +258,7 @@ class Intake:
         job, created = self.queue.create(NewJob(
             idempotency_key=key,
             params=params.to_dict(),
+            model=chosen.model.name,
             priority=sidecar.priority,
             output_stem=sidecar.output_name or pair.stem,
             output_subdir=str(rel_dir) if rel_dir.parts else "",

@@ -30,6 +30,7 @@ job_duration = Histogram("i2vd_job_duration_seconds", "Wall time of one job atte
 denoising_steps = Counter("i2vd_denoising_steps", "Denoising steps completed.")
 denoising_rate = Gauge("i2vd_denoising_steps_per_second", "Denoising speed of the running (or last) job.")
 oom_downgrades = Counter("i2vd_oom_downgrades", "Steps down the OOM ladder after CUDA ran out of memory.")
+model_swaps = Counter("i2vd_model_swaps", "Jobs that ran on another model than the job before them.")
 intake_rejections = Counter("i2vd_intake_rejections", "Dropped inputs moved to failed/, by error code.",
                             ["code"])
 for _outcome in OUTCOMES:  # present as 0 from the start, so rate() and alerts work before the first job

@@ -51,13 +51,17 @@ _state_enum = Enum(JobState, name="job_state", native_enum=False, length=16,
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_claim", "state", "priority", "id"),)
+    __table_args__ = (
+        Index("ix_jobs_claim", "state", "priority", "id"),
+        Index("ix_jobs_state_model", "state", "model"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     state: Mapped[JobState] = mapped_column(_state_enum)
     priority: Mapped[int] = mapped_column(Integer, default=0)
     idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
-    params: Mapped[dict] = mapped_column(JSON)
+    params: Mapped[dict] = mapped_column(JSON)  # GenerationParams.to_dict(), versioned
+    model: Mapped[str | None] = mapped_column(String(64))  # served model's name; NULL: queued before models
     output_stem: Mapped[str] = mapped_column(String(255))
     output_subdir: Mapped[str] = mapped_column(String(1024), default="")
     # Where the inputs were dropped, and where intake keeps them afterwards.
@@ -122,6 +126,7 @@ class WorkerRecord(Base):
     pid: Mapped[int] = mapped_column(Integer)
     gpu: Mapped[str | None] = mapped_column(String(64))  # CUDA_VISIBLE_DEVICES
     device: Mapped[str] = mapped_column(String(32))  # cuda:0, cpu
+    models: Mapped[list | None] = mapped_column(JSON)  # names of the models it serves
     started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     stopped_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # a clean shutdown

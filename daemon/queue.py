@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,6 +32,7 @@ class NewJob:
     source_sidecar: str | None
     image_path: str
     sidecar_path: str | None
+    model: str | None = None  # the served model's name; None: whichever model a worker serves first
 
 
 class JobQueue:
@@ -73,8 +75,14 @@ class JobQueue:
 
     # -- worker -------------------------------------------------------------------------------
 
-    def claim(self, owner: str, lease_seconds: float) -> Job | None:
+    def claim(self, owner: str, lease_seconds: float, models: Sequence[str] | None = None,
+              loaded: Sequence[str] = ()) -> Job | None:
         """Atomically take the next queued job (priority, then arrival) and lease it to `owner`.
+
+        `models`: the names of the models this worker serves, its default first; a job for another
+        model is left to a worker that serves it (None: any job). Within one priority a job for a
+        `loaded` model goes first, so a worker swaps models only when a more urgent job needs it.
+        A job without a model (queued before models had names) counts as the default model's.
 
         One UPDATE ... RETURNING on both engines. PostgreSQL: the subquery's FOR UPDATE SKIP LOCKED
         lets concurrent claimers pass over each other's rows instead of queueing behind them.
@@ -83,10 +91,16 @@ class JobQueue:
         """
         with self._sessions() as s:
             now = utcnow()
+            candidates = select(Job.id).where(
+                Job.state == JobState.QUEUED, or_(Job.run_after.is_(None), Job.run_after <= now))
+            order = [Job.priority.desc(), Job.id]
+            if models is not None:
+                model = func.coalesce(Job.model, models[0])
+                candidates = candidates.where(model.in_(models))
+                order.insert(1, case((model.in_(loaded), 0), else_=1))
             next_id = (
-                select(Job.id)
-                .where(Job.state == JobState.QUEUED, or_(Job.run_after.is_(None), Job.run_after <= now))
-                .order_by(Job.priority.desc(), Job.id)
+                candidates
+                .order_by(*order)
                 .limit(1)
                 .with_for_update(skip_locked=True)
                 .scalar_subquery()
@@ -214,7 +228,7 @@ class JobQueue:
                 raise ValueError(f"job {job_id} is {old.state.value}; only failed or cancelled jobs are retried")
             job = Job(
                 state=JobState.QUEUED, priority=old.priority, idempotency_key=f"retry-{uuid.uuid4().hex}",
-                params=old.params, output_stem=old.output_stem, output_subdir=old.output_subdir,
+                params=old.params, model=old.model, output_stem=old.output_stem, output_subdir=old.output_subdir,
                 source_image=old.image_path, source_sidecar=old.sidecar_path, image_path=old.image_path,
                 sidecar_path=old.sidecar_path, retried_from_id=old.id,
             )
@@ -255,6 +269,13 @@ class JobQueue:
         counts = {state: 0 for state in JobState}
         counts.update({state: n for state, n in rows})
         return counts
+
+    def queued_by_model(self) -> dict[str | None, int]:
+        """Queued jobs per model name (None: queued before jobs named their model)."""
+        with self._sessions() as s:
+            rows = s.execute(select(Job.model, func.count()).where(Job.state == JobState.QUEUED)
+                             .group_by(Job.model)).all()
+        return {model: n for model, n in rows}
 
     def recent(self, limit: int = 10) -> list[Job]:
         with self._sessions() as s:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import __version__, logs, metrics
+from daemon.catalog import ModelCatalog, ServedModel
 from daemon.db import make_engine, session_factory, sqlite_path, upgrade
 from daemon.errors import I2vdError
 from daemon.intake import Intake
@@ -27,8 +28,8 @@ from daemon.watcher import choose_mode, filesystem_type, needs_polling, start_ob
 from daemon.workers import WorkerRegistry, this_process
 
 if TYPE_CHECKING:
+    from daemon.pool import LoadedModel, ModelPool
     from daemon.worker import Worker
-    from pipeline.generate import VideoGenerator
     from pipeline.loader import Placement
 
 log = get_logger("i2vd.service")
@@ -38,27 +39,41 @@ RECOVERY_INTERVAL = 15.0
 STATUS_INTERVAL = 1.0  # seconds between STATUS= updates to systemd (sent only when the text changed)
 
 
-def load_generator(settings: Settings, placement: Placement) -> VideoGenerator:
-    """Load the configured model once; the tiny smoke-test model is built on first use."""
+def load_generator(settings: Settings, placement: Placement, model: ServedModel) -> LoadedModel:
+    """Load one served model; a tiny smoke-test model is built on first use."""
+    from daemon.pool import LoadedModel
+    from pipeline.backends import cached_revision, get_backend
     from pipeline.generate import VideoGenerator
-    from pipeline.loader import load_pipeline
     from pipeline.tiny import ensure_tiny_model
 
-    model = settings.model
-    if settings.is_tiny_model:
-        model = str(ensure_tiny_model(settings.state_dir / "models" / "tiny-i2vgen-xl"))
-        log.warning("smoke_test_model", detail="I2VD_MODEL=tiny: a tiny random model; videos are noise")
+    backend = get_backend(model.source.backend)
+    source = model.source.source
+    if model.source.tiny:
+        source = str(ensure_tiny_model(model.tiny_dir(settings.state_dir), model.source.backend))
+        log.warning("smoke_test_model", model=model.name,
+                    detail=f"{model.source.value}: a tiny random model; videos are noise")
     elif placement.device.type == "cpu":
-        log.warning("cpu_generation_slow", detail="no CUDA GPU: generation with a real model on CPU takes "
-                    "hours per video; set I2VD_DEVICE=cuda on a GPU machine")
-    log.info("model_loading", model=settings.model, device=str(placement.device),
-             dtype=str(placement.dtype).removeprefix("torch."))
+        log.warning("cpu_generation_slow", model=model.name, detail="no CUDA GPU: generation with a real "
+                    "model on CPU takes hours per video; set I2VD_DEVICE=cuda on a GPU machine")
+    log.info("model_loading", model=model.name, id=model.source.value, backend=model.source.backend,
+             device=str(placement.device), dtype=str(placement.dtype).removeprefix("torch."))
     started = time.monotonic()
-    generator = VideoGenerator(load_pipeline(model, placement), placement,
+    generator = VideoGenerator(backend.load(source, placement), placement, backend=backend,
                                inject_oom_above=settings.fault_oom_above,
                                decode_chunk_size=settings.decode_chunk_size)
-    log.info("model_loaded", model=settings.model, seconds=round(time.monotonic() - started, 2))
-    return generator
+    revision = None if model.source.tiny or Path(source).is_dir() else cached_revision(source)
+    log.info("model_loaded", model=model.name, seconds=round(time.monotonic() - started, 2))
+    return LoadedModel(model, generator, revision)
+
+
+def load_models(settings: Settings, placement: Placement, catalog: ModelCatalog) -> ModelPool:
+    """The worker's model pool, with the default model loaded now (a broken setup fails at start)."""
+    from daemon.pool import ModelPool
+
+    pool = ModelPool(catalog, lambda model: load_generator(settings, placement, model),
+                     str(placement.device), settings.max_loaded_models)
+    pool.get(catalog.default.name)
+    return pool
 
 
 class Daemon:
@@ -100,8 +115,9 @@ class Daemon:
         signal.signal(signal.SIGHUP, self.request_reload)  # before the slow start-up: HUP must not kill us
         log.info("daemon_starting", version=__version__, inbox=str(s.inbox_dir), outputs=str(s.outputs_dir),
                  database=_redact(s.database_url))
+        catalog = ModelCatalog.from_settings(s)
         self.notifier.status("Starting: database migrations" if s.intake_only
-                             else f"Starting: database migrations, then loading model {s.model}")
+                             else f"Starting: database migrations, then loading model {catalog.default.name}")
 
         db_file = sqlite_path(s.database_url)
         if db_file is not None and needs_polling(fs := filesystem_type(db_file.parent)):
@@ -115,7 +131,7 @@ class Daemon:
                 upgrade(engine)
                 queue = JobQueue(session_factory(engine))
                 if s.intake_only:
-                    generator = None
+                    pool = None
                     metrics_server = self._start_metrics(queue, None)
                     metrics.info.info({"version": __version__, "role": "intake"})
                 else:
@@ -124,15 +140,15 @@ class Daemon:
                     placement = resolve_placement(s.device, s.dtype)
                     # Before the load: a taken port fails fast.
                     metrics_server = self._start_metrics(queue, placement.device)
-                    self.notifier.status(f"Starting: loading model {s.model}")
-                    generator = load_generator(s, placement)
-                    metrics.info.info({"version": __version__, "role": "worker", "model": s.model,
+                    self.notifier.status(f"Starting: loading model {catalog.default.name}")
+                    pool = load_models(s, placement, catalog)
+                    metrics.info.info({"version": __version__, "role": "worker", "model": catalog.describe(),
                                        "device": str(placement.device),
                                        "dtype": str(placement.dtype).removeprefix("torch.")})
             if self.stop.is_set():
                 self.notifier.stopping("Stopped during start-up")
                 return 0
-            return self._serve(queue, generator, session_factory(engine))
+            return self._serve(queue, catalog, pool, session_factory(engine))
         finally:
             if metrics_server is not None:
                 metrics_server.close()
@@ -152,11 +168,12 @@ class Daemon:
         log.info("metrics_serving", url=f"http://{s.metrics_address.rpartition(':')[0]}:{server.port}/metrics")
         return server
 
-    def _serve(self, queue: JobQueue, generator: VideoGenerator | None, sessions: sessionmaker[Session]) -> int:
+    def _serve(self, queue: JobQueue, catalog: ModelCatalog, pool: ModelPool | None,
+               sessions: sessionmaker[Session]) -> int:
         s = self.settings
         recover_jobs(queue, s.max_crash_attempts)
         sweep_outputs(queue, s.outputs_dir)
-        intake = Intake(s, queue, on_queued=self.worker_wake.set)
+        intake = Intake(s, queue, on_queued=self.worker_wake.set, catalog=catalog)
         intake.recover()
 
         def on_event(path: str) -> None:
@@ -167,11 +184,11 @@ class Daemon:
         observer = start_observer(s.inbox_dir, mode, s.poll_interval_seconds, on_event)
         intake.scan()
         worker = worker_thread = registry = None
-        if generator is not None:
+        if pool is not None:
             from daemon.worker import Worker
 
             registry = WorkerRegistry(sessions, this_process(), s.lease_seconds)
-            worker = Worker(s, queue, generator, registry.register(str(generator.placement.device)))
+            worker = Worker(s, queue, pool, registry.register(pool.device, catalog.names))
             registry.start()
             worker_thread = threading.Thread(target=self._run_worker, args=(worker,), name="worker", daemon=True)
             worker_thread.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -14,8 +15,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-TINY_MODEL = "tiny"
-"""Model value that builds the tiny, randomly initialised smoke-test I2VGen-XL offline."""
+from pipeline.backends import DEFAULT_BACKEND, TINY
+
+MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+RESERVED_NAMES = frozenset({"preview", "standard", "high", "max", "done", "failed"})
 
 
 class Settings(BaseSettings):
@@ -34,14 +37,18 @@ class Settings(BaseSettings):
     log_backup_count: int = Field(5, ge=1, description="Rotated log files kept (i2vd.log.1 ...).")
 
     # Model
-    model: str = Field("ali-vilab/i2vgen-xl", description="Hub id, local directory, or 'tiny' (smoke test).")
+    model: str = Field(DEFAULT_BACKEND, description="The one model served when `models` is empty: a hub id, "
+                       "local folder, backend name (its default weights), backend:id, or tiny[:backend].")
+    models: tuple[str, ...] = Field((), description="Models served, the first the default; each a `model` "
+                                    "value, optionally NAME=VALUE (the name sidecars and subfolders use).")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
 
     # Generation defaults (a sidecar overrides them)
     default_preset: Literal["preview", "standard", "high", "max"] = "standard"
     default_negative_prompt: str | None = None
-    default_fps: int = Field(8, ge=4, le=30)
+    default_fps: int | None = Field(None, ge=1, le=120, description="When a sidecar gives none; default: "
+                                    "the backend's preset (used only where the backend allows it).")
     output_prefix: str = Field("", description="Prepended to every output file name.")
 
     # Intake
@@ -67,6 +74,8 @@ class Settings(BaseSettings):
     oom_ladder: tuple[Literal["vae_slicing", "cpu_offload", "sequential_offload", "fewer_frames",
                               "lower_resolution"], ...] = (
         "vae_slicing", "cpu_offload", "sequential_offload", "fewer_frames", "lower_resolution")
+    max_loaded_models: int = Field(0, ge=0, description="Models kept loaded at once (0: as many as fit; "
+                                   "the least recently used is evicted when a load runs out of GPU memory).")
     decode_chunk_size: int = Field(8, ge=1, description="Frames the VAE decodes at once (before the ladder).")
 
     # Fault injection, for tests on machines without a GPU
@@ -92,6 +101,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _derived_defaults(self) -> Settings:
+        if self.models and "model" in self.model_fields_set:
+            raise ValueError("set either model (one model) or models (several), not both")
+        names = [name for name, _ in self.model_entries if name is not None]
+        for name in names:
+            if not MODEL_NAME.match(name) or name in RESERVED_NAMES:
+                raise ValueError(f"model name {name!r}: use lower-case letters, digits, '.', '_' and '-', "
+                                 f"and none of {', '.join(sorted(RESERVED_NAMES))}")
+        if len(set(names)) != len(names):
+            raise ValueError("two models have the same name")
         if self.database_url is None:
             self.database_url = f"sqlite:///{self.state_dir / 'i2vd.sqlite3'}"
         if self.log_file is None:
@@ -111,8 +129,18 @@ class Settings(BaseSettings):
         return self.inbox_dir / "failed"
 
     @property
-    def is_tiny_model(self) -> bool:
-        return self.model == TINY_MODEL
+    def model_entries(self) -> list[tuple[str | None, str]]:
+        """(name or None, value) of each served model, the default first."""
+        entries = []
+        for entry in self.models or (self.model,):
+            name, sep, value = entry.partition("=")
+            entries.append((name.strip(), value.strip()) if sep else (None, entry.strip()))
+        return entries
+
+    @property
+    def only_tiny_models(self) -> bool:
+        """Every served model is a tiny smoke-test one (no GPU needed)."""
+        return all(value.partition(":")[0] == TINY for _, value in self.model_entries)
 
     @classmethod
     def settings_customise_sources(

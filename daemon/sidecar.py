@@ -6,53 +6,49 @@ import json
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from pathlib import PurePath
+from typing import TYPE_CHECKING, Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from daemon.errors import InputRejected
+from pipeline.backends.base import BackendRules
 from pipeline.params import GenerationParams
+
+if TYPE_CHECKING:
+    from daemon.catalog import ModelCatalog, ServedModel
 
 MAX_SIDECAR_BYTES = 64 * 1024
 RESOLUTIONS = (256, 512, 768, 1024)
-DEFAULT_GUIDANCE = 9.0
 SEED_MAX = 2**63 - 1
 
 PresetName = Literal["preview", "standard", "high", "max"]
-
-
-@dataclass(frozen=True)
-class Preset:
-    resolution: int
-    num_frames: int
-    steps: int
-
-
-PRESETS: dict[str, Preset] = {
-    "preview": Preset(resolution=512, num_frames=8, steps=30),
-    "standard": Preset(resolution=512, num_frames=16, steps=50),
-    "high": Preset(resolution=768, num_frames=24, steps=80),
-    "max": Preset(resolution=1024, num_frames=32, steps=100),
-}
+PRESETS = get_args(PresetName)
+"""Preset names; what each means comes from the backend that runs the job (BackendRules.presets)."""
 
 _SAFE_STEM = re.compile(r"^[^/\\\x00]+$")
 
 
 class Sidecar(BaseModel):
-    """NAME.json beside NAME.png: the prompt and optional parameters."""
+    """NAME.json beside NAME.png: the prompt and optional parameters.
+
+    The bounds here hold for every backend; `resolve` checks the tighter rules of the backend that
+    will run the job (size multiple, frame rule, ranges, whether a prompt is needed).
+    """
 
     model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=True)
 
-    prompt: Annotated[str, Field(min_length=1, max_length=4000)]
+    prompt: Annotated[str, Field(min_length=1, max_length=4000)] | None = None
     negative_prompt: Annotated[str, Field(max_length=4000)] | None = None
+    model: Annotated[str, Field(min_length=1, max_length=255)] | None = None
     preset: PresetName | None = None
     resolution: int | None = None
-    width: Annotated[int, Field(ge=32, le=2048, multiple_of=8)] | None = None
-    height: Annotated[int, Field(ge=32, le=2048, multiple_of=8)] | None = None
-    num_frames: Annotated[int, Field(ge=8, le=32)] | None = None
-    fps: Annotated[int, Field(ge=4, le=30)] | None = None
-    steps: Annotated[int, Field(ge=10, le=150)] | None = None
-    guidance_scale: Annotated[float, Field(ge=1, le=20)] | None = None
+    width: Annotated[int, Field(ge=8, le=8192)] | None = None
+    height: Annotated[int, Field(ge=8, le=8192)] | None = None
+    num_frames: Annotated[int, Field(ge=1, le=1000)] | None = None
+    fps: Annotated[int, Field(ge=1, le=120)] | None = None
+    steps: Annotated[int, Field(ge=1, le=1000)] | None = None
+    guidance_scale: Annotated[float, Field(ge=0, le=100)] | None = None
     seed: Annotated[int, Field(ge=0, le=SEED_MAX)] | None = None
     output_name: Annotated[str, Field(min_length=1, max_length=120)] | None = None
     priority: Annotated[int, Field(ge=-10, le=10)] = 0
@@ -136,24 +132,100 @@ def _message(err: dict) -> str:
     return err["msg"].removeprefix("Value error, ")
 
 
+@dataclass(frozen=True)
+class Route:
+    """Which served model runs a job, and the preset its folder asks for."""
+
+    model: ServedModel
+    folder_preset: str | None
+
+
+def route(sidecar: Sidecar, folder: PurePath, catalog: ModelCatalog) -> Route:
+    """The sidecar's "model", else a model named by the first subfolder, else the default.
+
+    Subfolders: inbox/<preset>/..., inbox/<model>/..., inbox/<model>/<preset>/...
+    """
+    parts = folder.parts
+    folder_model = catalog.find(parts[0]) if parts and parts[0] in catalog.names else None
+    preset_part = parts[1 if folder_model else 0] if len(parts) > (1 if folder_model else 0) else None
+    model = folder_model or catalog.default
+    if sidecar.model is not None:
+        model = catalog.find(sidecar.model)
+        if model is None:
+            raise _invalid([{"field": "model", "message": f"{sidecar.model!r} is not served here; served "
+                                                          f"models: {catalog.describe()}"}])
+    return Route(model, preset_part if preset_part in PRESETS else None)
+
+
 def resolve(
     sidecar: Sidecar,
+    rules: BackendRules,
     *,
     default_preset: str,
-    default_fps: int,
+    default_fps: int | None = None,
     default_negative_prompt: str | None = None,
+    model_name: str | None = None,
 ) -> GenerationParams:
-    """Apply the preset, then the sidecar's explicit fields; draw a seed when none is given."""
-    preset = PRESETS[sidecar.preset or default_preset]
-    resolution = sidecar.resolution or preset.resolution
-    return GenerationParams(
+    """Apply the backend's preset, then the sidecar's explicit fields; draw a seed when none is given.
+
+    Raises InputRejected naming each field the backend cannot take.
+    """
+    preset = rules.presets[sidecar.preset or default_preset]
+    width, height = preset.width, preset.height
+    if sidecar.resolution is not None:  # the long side; the preset's aspect ratio, rounded to the multiple
+        scale = sidecar.resolution / max(preset.width, preset.height)
+        width, height = (max(rules.size_multiple, round(side * scale / rules.size_multiple) * rules.size_multiple)
+                         for side in (preset.width, preset.height))
+    fps = preset.fps
+    if default_fps is not None and rules.fps_range[0] <= default_fps <= rules.fps_range[1]:
+        fps = default_fps
+    params = GenerationParams(
         prompt=sidecar.prompt,
         negative_prompt=sidecar.negative_prompt or default_negative_prompt,
-        width=sidecar.width or resolution,
-        height=sidecar.height or resolution,
+        width=sidecar.width or width,
+        height=sidecar.height or height,
         num_frames=sidecar.num_frames or preset.num_frames,
-        fps=sidecar.fps or default_fps,
+        fps=sidecar.fps or fps,
         steps=sidecar.steps or preset.steps,
-        guidance_scale=sidecar.guidance_scale if sidecar.guidance_scale is not None else DEFAULT_GUIDANCE,
+        guidance_scale=sidecar.guidance_scale if sidecar.guidance_scale is not None else preset.guidance_scale,
         seed=sidecar.seed if sidecar.seed is not None else secrets.randbelow(2**32),
     )
+    errors = backend_errors(sidecar, params, rules, model_name or rules.name)
+    if errors:
+        raise _invalid(errors)
+    return params
+
+
+def backend_errors(sidecar: Sidecar, params: GenerationParams, rules: BackendRules, model: str) -> list[dict]:
+    """What `rules` forbids in the resolved params, named by the sidecar field that asked for it."""
+    errors = []
+    size_field = "resolution" if sidecar.resolution is not None else None
+
+    def check(field: str | None, ok: bool, message: str) -> None:
+        if not ok and field is not None:
+            errors.append({"field": field, "message": f"{message} for model {model}"})
+
+    if rules.prompt_required and params.prompt is None:
+        errors.append({"field": "prompt", "message": f"required field is missing (model {model} needs a text "
+                                                     "prompt)"})
+    low, high, multiple = rules.min_size, rules.max_size, rules.size_multiple
+    for name, value in (("width", params.width), ("height", params.height)):
+        field = name if getattr(sidecar, name) is not None else size_field
+        check(field, low <= value <= high and value % multiple == 0,
+              f"must be a multiple of {multiple} between {low} and {high}" + (
+                  f" (it gives {params.width}x{params.height})" if field == "resolution" else ""))
+    check("num_frames" if sidecar.num_frames is not None else None, rules.frames.valid(params.num_frames),
+          f"must be {rules.frames.describe()}")
+    for name, (low_, high_) in (("steps", rules.steps_range), ("fps", rules.fps_range),
+                                ("guidance_scale", rules.guidance_range)):
+        check(name if getattr(sidecar, name) is not None else None, low_ <= getattr(params, name) <= high_,
+              f"must be between {low_:g} and {high_:g}")
+    # A resolution can fail for width and height alike: name it once.
+    return [e for i, e in enumerate(errors) if e not in errors[:i]]
+
+
+def _invalid(field_errors: list[dict]) -> InputRejected:
+    summary = "; ".join(f"{e['field']}: {e['message']}" for e in field_errors)
+    return InputRejected("invalid_sidecar", f"The sidecar has invalid fields: {summary}.",
+                         hint="See the sidecar fields and the backends table in README.md.",
+                         field_errors=field_errors)

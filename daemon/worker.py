@@ -22,8 +22,8 @@ from daemon.queue import JobQueue, worker_identity
 from daemon.retry import RetryPolicy
 from daemon.settings import Settings
 from pipeline.errors import GenerationInterrupted
+from daemon.pool import LoadedModel, ModelPool
 from pipeline.backends.base import Progress
-from pipeline.generate import VideoGenerator
 from pipeline.oom import OomLadder, Rung, free_memory, is_oom, peak_memory_bytes
 from pipeline.params import GenerationParams
 
@@ -35,12 +35,12 @@ PROGRESS_WRITE_INTERVAL = 0.5  # seconds between progress rows; phases are alway
 class Worker:
     """Runs queued jobs one at a time on a pipeline that stays loaded."""
 
-    def __init__(self, settings: Settings, queue: JobQueue, generator: VideoGenerator,
+    def __init__(self, settings: Settings, queue: JobQueue, models: ModelPool,
                  worker_id: int | None = None) -> None:
         self.settings = settings
         self.queue = queue
-        self.generator = generator
-        self.ladder = OomLadder(generator.backend.rules, settings.oom_ladder)
+        self.models = models
+        self.loaded: LoadedModel | None = None  # the running job's model
         self.retry_policy = RetryPolicy(settings.max_retries, settings.retry_backoff_seconds)
         self.owner = worker_identity()
         self.worker_id = worker_id  # this process's row in the worker registry
@@ -52,7 +52,8 @@ class Worker:
         """Take jobs until `stop` is set; `wake` cuts the idle wait short."""
         while not stop.is_set():
             try:
-                job = self.queue.claim(self.owner, self.settings.lease_seconds)
+                job = self.queue.claim(self.owner, self.settings.lease_seconds, self.models.catalog.names,
+                                       self.models.resident)
                 if job is not None:
                     self.execute(job)
                     continue
@@ -70,16 +71,18 @@ class Worker:
         attempt = None
         started = time.monotonic()
         try:
+            self.loaded = self.models.get(job.model or self.models.catalog.default.name)
+            generator = self.loaded.generator
             image = self._load_image(job)
             tried: list[Rung] = []
-            for rung in self.ladder.walk(requested):
+            for rung in OomLadder(generator.backend.rules, self.settings.oom_ladder).walk(requested):
                 attempt = self.queue.start_attempt(job.id, self.owner, rung.params.to_dict(), rung.name,
                                                    self.worker_id)
                 log.info("job_started", job_id=job.id, attempt=attempt.number, rung=rung.name,
                          width=rung.params.width, height=rung.params.height,
                          num_frames=rung.params.num_frames, steps=rung.params.steps)
                 try:
-                    frames = self.generator.generate(image, rung.params, self._progress_writer(job, stop),
+                    frames = generator.generate(image, rung.params, self._progress_writer(job, stop),
                                                      rung.memory)
                     break
                 except Exception as exc:
@@ -103,6 +106,7 @@ class Worker:
             metrics.job_finished("failed", time.monotonic() - started)
         finally:
             heartbeat.stop()
+            self.loaded = None
             self.current_job = None
             self.current_progress = None
 
@@ -204,12 +208,7 @@ class Worker:
                 "image_path": job.image_path,
                 "sidecar_path": job.sidecar_path,
             },
-            "model": {
-                "id": self.settings.model,
-                "smoke_test": self.settings.is_tiny_model,
-                "device": str(self.generator.placement.device),
-                "dtype": str(self.generator.placement.dtype).removeprefix("torch."),
-            },
+            "model": self._model_metadata(),
             "timings": {
                 "queued_at": job.created_at.isoformat(),
                 "started_at": job.started_at.isoformat() if job.started_at else None,
@@ -228,6 +227,20 @@ class Worker:
         }
 
 
+    def _model_metadata(self) -> dict:
+        served, generator = self.loaded.model, self.loaded.generator
+        return {
+            "name": served.name,
+            "id": served.source.value,
+            "backend": served.source.backend,
+            "pipeline_class": type(generator.pipe).__name__,
+            "revision": self.loaded.revision,
+            "smoke_test": served.source.tiny,
+            "device": str(generator.placement.device),
+            "dtype": str(generator.placement.dtype).removeprefix("torch."),
+        }
+
+
 def _exhausted_message(requested: GenerationParams, tried: list[Rung]) -> str:
     last = tried[-1].params
     return (f"out of GPU memory on every rung ({', '.join(r.name for r in tried)}), down to "
@@ -240,7 +253,8 @@ def _downgrade(requested: GenerationParams, rung: Rung) -> dict:
     produced = rung.params
     return {
         "rung": rung.name,
-        "memory": {"vae_slicing": rung.memory.vae_slicing, "cpu_offload": rung.memory.cpu_offload},
+        "memory": {"vae_slicing": rung.memory.vae_slicing, "cpu_offload": rung.memory.cpu_offload,
+                   "sequential_offload": rung.memory.sequential_offload},
         "from": {"width": requested.width, "height": requested.height, "num_frames": requested.num_frames},
         "to": {"width": produced.width, "height": produced.height, "num_frames": produced.num_frames},
     }

@@ -52,16 +52,18 @@ class WorkerRegistry:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="worker-registry", daemon=True)
 
-    def register(self, device: str) -> int:
+    def register(self, device: str, models: list[str] | None = None) -> int:
         me = self.identity
         with self._sessions() as s:
-            record = WorkerRecord(name=me.name, host=me.host, pid=me.pid, gpu=me.gpu, device=device)
+            record = WorkerRecord(name=me.name, host=me.host, pid=me.pid, gpu=me.gpu, device=device,
+                                  models=models)
             s.add(record)
             s.commit()
             self.worker_id = record.id
             if s.get_bind().dialect.name != "sqlite":  # SQLite shares this host's clock
                 self._check_clock(s)
-        log.info("worker_registered", worker_id=self.worker_id, worker=me.name, gpu=me.gpu, device=device)
+        log.info("worker_registered", worker_id=self.worker_id, worker=me.name, gpu=me.gpu, device=device,
+                 models=models)
         return self.worker_id
 
     def _check_clock(self, s: Session) -> None:
@@ -130,6 +132,20 @@ def worker_lines(workers: list[WorkerRecord], running: list[Job], now: datetime,
         lines.append(f"  {w.host:<{width}} {w.pid:>7}  {w.gpu or '-':<6} {w.device:<8} {state:<6} "
                      f"{ago(now - w.last_seen_at):<10} {f'#{job.id}' if job else ''}")
     return lines
+
+
+def unserved_lines(queued_by_model: dict[str | None, int], workers: list[WorkerRecord], now: datetime,
+                   lease_seconds: float) -> list[str]:
+    """Why queued jobs wait: a line per model that no live worker serves (its jobs stay queued)."""
+    alive = [w for w in workers if is_alive(w, now, lease_seconds)]
+    if any(w.models is None for w in alive):  # a worker from before models: it takes any job
+        return []
+    served = sorted({name for w in alive for name in w.models})
+    serving = f"live workers serve: {', '.join(served)}" if served else "no worker is alive"
+    return [f"{count} queued for model {model}: no live worker serves it ({serving}); start an i2vd "
+            f"whose models setting names {model}, or cancel these jobs"
+            for model, count in sorted(queued_by_model.items(), key=lambda item: str(item[0]))
+            if model is not None and model not in served]
 
 
 def lease_note(job: Job, now: datetime) -> str:

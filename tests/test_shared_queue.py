@@ -136,14 +136,17 @@ def test_times_come_back_in_utc_whatever_the_session_time_zone(postgres_url):
 
 
 def test_a_worker_whose_job_was_taken_over_meanwhile_publishes_nothing(dirs, postgres_url):
-    from daemon.service import load_generator
+    from daemon.catalog import ModelCatalog
+    from daemon.service import load_models
     from daemon.worker import Worker
     from pipeline.loader import resolve_placement
 
     settings = make_settings(dirs, database_url=postgres_url, lease_seconds=600)  # no heartbeat in time
     queue = make_shared_queue(postgres_url)
-    worker = Worker(settings, queue, load_generator(settings, resolve_placement("cpu", "auto")))
-    params = resolve(Sidecar(prompt="a test scene", **TINY_SIDECAR), default_preset="preview", default_fps=8)
+    catalog = ModelCatalog.from_settings(settings)
+    worker = Worker(settings, queue, load_models(settings, resolve_placement("cpu", "auto"), catalog))
+    params = resolve(Sidecar(prompt="a test scene", **TINY_SIDECAR), catalog.default.rules,
+                     default_preset="preview", default_fps=8)
     image = write_image(dirs["inbox"] / "done" / "a.png")
     job_id = queued(queue, "a", params=params.to_dict(), image=str(image))
     job = queue.claim(worker.owner, 600)

@@ -8,17 +8,21 @@ import pytest
 
 from daemon.errors import InputRejected
 from daemon.sidecar import parse_sidecar, resolve
+from pipeline.backends import RULES
+
+I2VGEN_XL = RULES["i2vgen-xl"]
 
 
 def params(raw: dict | bytes, preset: str = "standard"):
     data = raw if isinstance(raw, bytes) else json.dumps(raw).encode()
-    return resolve(parse_sidecar(data), default_preset=preset, default_fps=8)
+    return resolve(parse_sidecar(data), I2VGEN_XL, default_preset=preset, default_fps=8)
 
 
 def rejected(raw: dict | bytes) -> InputRejected:
+    """Rejected when parsed, or when resolved against the backend that would run it (as intake does)."""
     data = raw if isinstance(raw, bytes) else json.dumps(raw).encode()
     with pytest.raises(InputRejected) as info:
-        parse_sidecar(data)
+        resolve(parse_sidecar(data), I2VGEN_XL, default_preset="standard")
     return info.value
 
 

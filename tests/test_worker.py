@@ -59,14 +59,17 @@ def test_oom_downgrade_then_exhausted_ladder(dirs, run_daemon):
     assert metadata["downgrade"]["rung"] == "fewer_frames"
     assert metadata["downgrade"]["from"]["num_frames"] == 16 and metadata["downgrade"]["to"]["num_frames"] == 8
     assert [(a["rung"], a["outcome"]) for a in metadata["attempts"]] == [
-        ("full", "oom"), ("vae_slicing", "oom"), ("cpu_offload", "oom"), ("fewer_frames", "succeeded")]
+        ("full", "oom"), ("vae_slicing", "oom"), ("cpu_offload", "oom"), ("sequential_offload", "oom"),
+        ("fewer_frames", "succeeded")]
     assert metadata["attempts"][0]["params"]["num_frames"] == 16
 
     hopeless = wait_for(lambda: next((j for j in queue.recent() if j.output_stem == "hopeless"
                                       and j.state == JobState.FAILED), None), what="exhausted ladder")
     assert hopeless.error_code == "out_of_memory"
-    assert "vae_slicing, cpu_offload" in hopeless.error_message and "smaller" in hopeless.error_message
-    assert [a.rung for a in hopeless.attempts] == ["full", "vae_slicing", "cpu_offload"]  # 8 frames, 40 px: no lower rung
+    assert "vae_slicing, cpu_offload, sequential_offload" in hopeless.error_message
+    assert "smaller" in hopeless.error_message
+    # 8 frames, 40 px: no lower rung
+    assert [a.rung for a in hopeless.attempts] == ["full", "vae_slicing", "cpu_offload", "sequential_offload"]
     assert {a.outcome for a in hopeless.attempts} == {"oom"}
     assert daemon.stop() == 0
 
