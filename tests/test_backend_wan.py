@@ -29,7 +29,12 @@ class TestWan(BackendContract):
 def tiny_wan21(tmp_path):
     """Wan2.1-I2V-14B's layout (CLIP image encoder, 8x VAE, 36 input channels), diffusers' fast-test shapes."""
     import torch
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanTransformer3DModel
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanImageToVideoPipeline,
+        WanTransformer3DModel,
+    )
     from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     from pipeline.tiny_text import TEXT_DIM, build_t5_tokenizer, build_umt5_encoder

@@ -71,7 +71,8 @@ class Backend:
             vae_config = AutoencoderKLLTXVideo.load_config(model, subfolder="vae")
         except Exception:  # noqa: BLE001  unreadable here: from_pretrained below says why, in one line
             class_name, vae_config = None, None
-        return from_pretrained(pipeline_class_for(class_name, vae_config), model, placement)
+        # Lightricks publishes no fp16 variant files: asking for them first would only cost a failed try.
+        return from_pretrained(pipeline_class_for(class_name, vae_config), model, placement, try_fp16_variant=False)
 
     def build_tiny(self):
         """Random weights in the shapes of diffusers' own LTX condition-pipeline fast tests (0.9.5+ layout)."""
