@@ -7,7 +7,7 @@ import json
 import shutil
 import sys
 import time
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from pydantic import ValidationError
 
@@ -17,7 +17,8 @@ from daemon.files import publish, temp_path, unique_stem, write_atomic
 from daemon.images import is_image_name
 from daemon.models import Job, JobState, utcnow
 from daemon.settings import Settings, describe_error, load_settings
-from daemon.sidecar import PRESETS, parse_sidecar
+from daemon.catalog import ModelCatalog
+from daemon.sidecar import PRESETS, params_for, parse_sidecar
 from pipeline.errors import ModelUnavailable
 
 
@@ -49,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
 
     submit = sub.add_parser("submit", help="drop an image and its sidecar into the inbox, safely")
     submit.add_argument("image", type=Path)
-    submit.add_argument("--prompt", required=True)
+    submit.add_argument("--prompt", help="required by most models (see README's backends table)")
+    submit.add_argument("--model", help="a served model's name or id (default: the first configured)")
     submit.add_argument("--name", help="file stem in the inbox (default: the image's)")
     submit.add_argument("--negative-prompt")
     submit.add_argument("--preset", choices=sorted(PRESETS))
@@ -117,7 +119,8 @@ def cmd_submit(settings: Settings, args) -> int:
         print(f"i2vd: {image} is not a .png, .jpg, .jpeg or .webp file", file=sys.stderr)
         return 2
     fields = {
-        "prompt": args.prompt, "negative_prompt": args.negative_prompt, "preset": args.preset,
+        "prompt": args.prompt, "negative_prompt": args.negative_prompt, "model": args.model,
+        "preset": args.preset,
         "resolution": args.resolution, "width": args.width, "height": args.height,
         "num_frames": args.num_frames, "fps": args.fps, "steps": args.steps,
         "guidance_scale": args.guidance_scale, "seed": args.seed, "output_name": args.output_name,
@@ -125,7 +128,8 @@ def cmd_submit(settings: Settings, args) -> int:
     }
     raw = json.dumps({k: v for k, v in fields.items() if v is not None}, ensure_ascii=False).encode()
     try:
-        parse_sidecar(raw)  # the daemon would reject it anyway; say so now
+        # The daemon would reject it anyway; say so now.
+        params_for(parse_sidecar(raw), PurePath(), ModelCatalog.from_settings(settings), settings)
     except InputRejected as exc:
         print(f"i2vd: {exc}", file=sys.stderr)
         return 2

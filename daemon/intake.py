@@ -24,7 +24,7 @@ from daemon.logs import get_logger
 from daemon.models import utcnow
 from daemon.queue import JobQueue, NewJob
 from daemon.settings import Settings
-from daemon.sidecar import Sidecar, parse_sidecar, resolve, route
+from daemon.sidecar import Sidecar, params_for, parse_sidecar
 
 log = get_logger("i2vd.intake")
 
@@ -232,15 +232,7 @@ class Intake:
         rel_dir = pair.directory.relative_to(self.settings.inbox_dir)
         try:
             sidecar = self._read_sidecar(pair)
-            chosen = route(sidecar, rel_dir, self.catalog)
-            params = resolve(
-                sidecar,
-                chosen.model.rules,
-                default_preset=chosen.folder_preset or self.settings.default_preset,
-                default_fps=self.settings.default_fps,
-                default_negative_prompt=self.settings.default_negative_prompt,
-                model_name=chosen.model.name,
-            )
+            model, params = params_for(sidecar, rel_dir, self.catalog, self.settings)
             image = pair.image.resolve() if self._symlink_allowed(pair.image) else pair.image
             check_image(image, max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels)
         except InputRejected as rejection:
@@ -258,7 +250,7 @@ class Intake:
         job, created = self.queue.create(NewJob(
             idempotency_key=key,
             params=params.to_dict(),
-            model=chosen.model.name,
+            model=model.name,
             priority=sidecar.priority,
             output_stem=sidecar.output_name or pair.stem,
             output_subdir=str(rel_dir) if rel_dir.parts else "",

@@ -17,6 +17,7 @@ from pipeline.params import GenerationParams
 
 if TYPE_CHECKING:
     from daemon.catalog import ModelCatalog, ServedModel
+    from daemon.settings import Settings
 
 MAX_SIDECAR_BYTES = 64 * 1024
 RESOLUTIONS = (256, 512, 768, 1024)
@@ -155,6 +156,21 @@ def route(sidecar: Sidecar, folder: PurePath, catalog: ModelCatalog) -> Route:
             raise _invalid([{"field": "model", "message": f"{sidecar.model!r} is not served here; served "
                                                           f"models: {catalog.describe()}"}])
     return Route(model, preset_part if preset_part in PRESETS else None)
+
+
+def params_for(sidecar: Sidecar, folder: PurePath, catalog: ModelCatalog,
+               settings: Settings) -> tuple[ServedModel, GenerationParams]:
+    """The model a sidecar dropped in `folder` goes to, and its parameters checked against that model."""
+    chosen = route(sidecar, folder, catalog)
+    params = resolve(
+        sidecar,
+        chosen.model.rules,
+        default_preset=chosen.folder_preset or settings.default_preset,
+        default_fps=settings.default_fps,
+        default_negative_prompt=settings.default_negative_prompt,
+        model_name=chosen.model.name,
+    )
+    return chosen.model, params
 
 
 def resolve(

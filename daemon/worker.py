@@ -231,7 +231,7 @@ class Worker:
         served, generator = self.loaded.model, self.loaded.generator
         return {
             "name": served.name,
-            "id": served.source.value,
+            "id": served.value if served.source.tiny else served.source.source,  # hub id or folder
             "backend": served.source.backend,
             "pipeline_class": type(generator.pipe).__name__,
             "revision": self.loaded.revision,

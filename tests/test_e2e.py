@@ -26,7 +26,7 @@ def test_pair_becomes_mp4_and_bad_inputs_land_in_failed(dirs, run_daemon):
 
     metadata = json.loads(video.with_suffix(".json").read_text())
     assert metadata["params"] == {
-        "prompt": "a red sunset over the sea", "negative_prompt": "blurry", "width": 32, "height": 32,
+        "version": 2, "prompt": "a red sunset over the sea", "negative_prompt": "blurry", "width": 32, "height": 32,
         "num_frames": 12, "fps": 10, "steps": 10, "guidance_scale": 9.0, "seed": 7,
     }
     assert metadata["inputs"]["image"] == "sunset.png" and metadata["inputs"]["sidecar"] == "sunset.json"
@@ -126,4 +126,6 @@ def test_real_model_on_cpu_warns_and_serves(dirs, run_daemon):
                    if '"cpu_generation_slow"' in line)
     assert warning["level"] == "warning" and "CPU" in warning["detail"]
     metadata = json.loads(video.with_suffix(".json").read_text())
-    assert metadata["model"] == {"id": str(model_dir), "smoke_test": False, "device": "cpu", "dtype": "float32"}
+    assert metadata["model"] == {"name": "i2vgen-xl", "id": str(model_dir), "backend": "i2vgen-xl",
+                                 "pipeline_class": "I2VGenXLPipeline", "revision": None, "smoke_test": False,
+                                 "device": "cpu", "dtype": "float32"}

@@ -115,14 +115,14 @@ def test_one_daemon_routes_jobs_to_two_backends_by_model_and_subfolder(dirs, run
     def output(pattern: str) -> Path:
         return wait_for(lambda: next(iter(outputs.glob(pattern)), None), timeout=180, what=pattern)
 
-    for pattern, name, backend, frames in [
-        ("by_name_*.mp4", "fast", "svd", 6), ("fast/preview/by_folder_*.mp4", "fast", "svd", 6),
-        ("by_id_*.mp4", "fast", "svd", 6), ("default_*.mp4", "i2vgen-xl", "i2vgen-xl", 8),
+    for pattern, name, model_id, backend, frames in [
+        ("by_name_*.mp4", "fast", "tiny:svd", "svd", 6), ("fast/preview/by_folder_*.mp4", "fast", "tiny:svd", "svd", 6),
+        ("by_id_*.mp4", "fast", "tiny:svd", "svd", 6), ("default_*.mp4", "i2vgen-xl", "tiny", "i2vgen-xl", 8),
     ]:
         video = output(pattern)
         model = json.loads(video.with_suffix(".json").read_text())["model"]
-        assert (model["name"], model["backend"]) == (name, backend), pattern
-        assert model["id"] == f"tiny:{backend}" and model["smoke_test"] and model["revision"] is None
+        assert (model["name"], model["id"], model["backend"]) == (name, model_id, backend), pattern
+        assert model["smoke_test"] and model["revision"] is None
         assert probe(video)[0] == frames
     assert (inbox / "done" / "fast" / "preview" / "by_folder.png").exists()  # mirrored like outputs
 
