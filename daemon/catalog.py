@@ -73,5 +73,5 @@ class ModelCatalog:
         return next((m for m in self.models if wanted in (m.value, m.source.value, m.source.source)), None)
 
     def describe(self) -> str:
-        """For error messages: 'i2vgen-xl (default), wan'."""
+        """For error messages: 'NAME (default), NAME, ...'."""
         return ", ".join(f"{m.name} (default)" if m is self.default else m.name for m in self.models)

@@ -54,7 +54,7 @@ def configure(log_file: Path | None, level: str = "info", *, console: bool = Tru
     # Third-party chatter (diffusers deprecation notices, hub retries) only when it matters.
     for noisy in ("transformers", "huggingface_hub", "watchdog", "alembic", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    logging.getLogger("diffusers").setLevel(logging.ERROR)  # I2VGenXLPipeline's deprecation notice
+    logging.getLogger("diffusers").setLevel(logging.ERROR)  # deprecation notices of the pipelines
 
     structlog.configure(
         processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
