@@ -117,7 +117,8 @@ class Daemon:
                  database=_redact(s.database_url))
         catalog = ModelCatalog.from_settings(s)
         self.notifier.status("Starting: database migrations" if s.intake_only
-                             else f"Starting: database migrations, then loading model {catalog.default.name}")
+                             else f"Starting: database migrations, then loading model "
+                                  f"{catalog.default.value}")
 
         db_file = sqlite_path(s.database_url)
         if db_file is not None and needs_polling(fs := filesystem_type(db_file.parent)):
@@ -140,9 +141,10 @@ class Daemon:
                     placement = resolve_placement(s.device, s.dtype)
                     # Before the load: a taken port fails fast.
                     metrics_server = self._start_metrics(queue, placement.device)
-                    self.notifier.status(f"Starting: loading model {catalog.default.name}")
+                    self.notifier.status(f"Starting: loading model {catalog.default.value}")
                     pool = load_models(s, placement, catalog)
-                    metrics.info.info({"version": __version__, "role": "worker", "model": catalog.describe(),
+                    served = ", ".join(m.value for m in catalog.models)
+                    metrics.info.info({"version": __version__, "role": "worker", "model": served,
                                        "device": str(placement.device),
                                        "dtype": str(placement.dtype).removeprefix("torch.")})
             if self.stop.is_set():

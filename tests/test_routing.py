@@ -155,3 +155,21 @@ def test_a_job_for_a_model_no_live_worker_serves_stays_queued_and_status_says_wh
     assert ("1 queued for model wan-big: no live worker serves it (live workers serve: i2vgen-xl)"
             in status.stdout), status.stdout
     assert daemon.stop() == 0
+
+
+def test_doctor_checks_each_configured_model(dirs, tmp_path):
+    make_queue(make_settings(dirs))
+    folder = tmp_path / "not-a-model"
+    folder.mkdir()
+    env = daemon_env(dirs, I2VD_MODELS=json.dumps(["tiny", "fast=tiny:svd", f"local={folder}",
+                                                   "odd=someone/unknown"]))
+    del env["I2VD_MODEL"]
+    result = subprocess.run([sys.executable, "-m", "daemon.cli", "doctor"], env=env, capture_output=True,
+                            text=True)
+    models = [line for line in result.stdout.splitlines() if line[6:].startswith("model ")]
+    assert len(models) == 4, result.stdout
+    assert models[0].startswith("ok") and "i2vgen-xl (i2vgen-xl): tiny smoke-test model" in models[0]
+    assert models[1].startswith("ok") and "fast (svd)" in models[1]
+    assert models[2].startswith("FAIL") and "no model_index.json" in models[2]
+    assert models[3].startswith("FAIL") and "<backend>:someone/unknown" in models[3]
+    assert result.returncode == 1
