@@ -186,8 +186,9 @@ def wan_pipeline(device: torch.device, dtype: torch.dtype):
 
     from pipeline.tiny_text import build_t5_tokenizer
 
-    models = _cast(wan_models(device), dtype)
-    models["vae"].to(torch.float32)  # as Backend.load keeps it
+    models = wan_models(device)
+    vae = models.pop("vae")  # stays float32, as Backend.load keeps it
+    models = {**_cast(models, dtype), "vae": vae.eval()}
     return WanImageToVideoPipeline(
         **models, tokenizer=build_t5_tokenizer(), image_encoder=None, image_processor=None, transformer_2=None,
         scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
@@ -277,7 +278,22 @@ def cogvideox_pipeline(device: torch.device, dtype: torch.dtype):
 
 
 def _cast(models: dict[str, torch.nn.Module], dtype: torch.dtype) -> dict[str, torch.nn.Module]:
-    return {name: model.to(dtype=dtype).eval() for name, model in models.items()}
+    """To `dtype` as from_pretrained(torch_dtype=...) would load them: the modules a model keeps in
+    float32 (Wan's norms and time embedding; T5's `wo` in fp16 only, as transformers does) stay there."""
+    from diffusers import ModelMixin
+
+    for model in models.values():
+        keep = model._keep_in_fp32_modules or []
+        if not isinstance(model, ModelMixin) and dtype != torch.float16:
+            keep = []
+        for name, param in model.named_parameters():
+            fp32 = any(k in name.split(".") if not isinstance(model, ModelMixin) else k in name for k in keep)
+            param.data = param.data.to(torch.float32 if fp32 else dtype)
+        for buffer_name, buffer in model.named_buffers():
+            if buffer.is_floating_point():
+                *path, leaf = buffer_name.split(".")
+                model.get_submodule(".".join(path)).register_buffer(leaf, buffer.to(dtype))
+    return {name: model.eval() for name, model in models.items()}
 
 
 FULL: dict[str, FullModel] = {

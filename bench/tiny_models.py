@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         done = subprocess.run([sys.executable, "-c", CHILD, name], cwd=REPO, capture_output=True, text=True)
         if done.returncode != 0:
             failed.append(name)
-            print(f"{name:<11}failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+            last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+            print(f"{name:<11}failed: {last}")
             continue
         r = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"{name:<11}{r['imports']:>8.2f}s{r['build']:>7.2f}s{r['save']:>7.2f}s{r['load']:>7.2f}s"

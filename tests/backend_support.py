@@ -17,7 +17,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from conftest import TINY_SIDECAR, daemon_env, drop_pair, probe, wait_for
+from conftest import TINY_SIDECAR, daemon_env, probe, wait_for, write_image
 from pipeline.backends import RULES, detect_backend, get_backend
 from pipeline.backends.base import MemoryOptions, Progress
 from pipeline.errors import GenerationInterrupted
@@ -164,12 +164,14 @@ class BackendContract:
     # -- the daemon ---------------------------------------------------------------------------------
 
     def sidecar(self) -> dict:
-        return {**TINY_SIDECAR, "num_frames": self.frames, "steps": 2, "fps": 12}
+        return {"prompt": "a cat on the sea", **TINY_SIDECAR, "num_frames": self.frames, "steps": 2, "fps": 12}
 
-    def test_daemon_end_to_end(self, dirs, run_daemon, model_dir):
+    def test_daemon_end_to_end(self, dirs, run_daemon):
         """I2VD_MODEL=tiny:<backend>: pair in the inbox -> MP4 with the frames and fps asked -> metadata."""
         inbox, outputs = dirs["inbox"], dirs["outputs"]
-        drop_pair(inbox, "scene", **self.sidecar())
+        write_image(inbox / ".scene.png.tmp", fmt="PNG").rename(inbox / "scene.png")
+        (inbox / ".scene.json.tmp").write_text(json.dumps(self.sidecar()))
+        (inbox / ".scene.json.tmp").rename(inbox / "scene.json")
         daemon = run_daemon(daemon_env(dirs, I2VD_MODEL=f"tiny:{self.name}"))
         daemon.wait_ready(timeout=120)
         video = wait_for(lambda: next(iter(outputs.glob("scene_*.mp4")), None), timeout=120,
@@ -177,7 +179,9 @@ class BackendContract:
         assert probe(video) == (self.frames, 12.0, (32, 32))
         metadata = json.loads(video.with_suffix(".json").read_text())
         assert metadata["frames"] == self.frames and metadata["fps"] == 12
-        assert metadata["model"]["backend"] == self.name
-        assert metadata["model"]["pipeline_class"] == self.pipeline_class
+        assert metadata["params"]["prompt"] == self.sidecar().get("prompt")
+        model = metadata["model"]
+        assert (model["id"], model["backend"], model["smoke_test"]) == (f"tiny:{self.name}", self.name, True)
+        assert model["pipeline_class"] == self.pipeline_class
         assert daemon.stop() == 0
         assert "Traceback" not in daemon.output

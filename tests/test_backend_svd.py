@@ -21,6 +21,10 @@ class TestSvd(BackendContract):
         standard = rules.presets["standard"]
         assert (standard.width, standard.height, standard.num_frames) == (1024, 576, 25)
 
+    def sidecar(self) -> dict:
+        """No prompt at all: the daemon must accept the pair for SVD (the end-to-end test drops this)."""
+        return {key: value for key, value in super().sidecar().items() if key != "prompt"}
+
     def test_prompt_may_be_absent(self, pipe):
         frames = self.run(pipe, self.params(prompt=None, negative_prompt=None, steps=2))
         assert frames.shape == (self.frames, 32, 32, 3)

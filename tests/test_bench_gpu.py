@@ -71,3 +71,19 @@ def test_flops_of_a_backend_default_job_on_the_meta_device(capsys):
     assert "ltx distilled (768x512, 121 frames, 8 steps, guidance 1)" in out
     assert "denoiser step (batch 1)" in out and "denoiser step (batch 2)" in out
     assert out.splitlines()[-1].startswith("ltx standard: ")
+
+
+def test_full_size_pipelines_are_built_as_a_gpu_run_builds_them_on_the_meta_device():
+    """What a lent GPU would run, built without memory: the classes the backends serve, bf16 weights."""
+    from bench.full_models import FULL
+    from pipeline.backends import backend_for_class
+
+    for name, full in FULL.items():
+        pipe = full.pipeline(torch.device("meta"), torch.bfloat16)
+        assert backend_for_class(type(pipe).__name__) == name
+        denoiser = getattr(pipe, full.denoiser)
+        assert denoiser.dtype == torch.bfloat16
+        assert pipe.vae.dtype == (torch.float32 if name == "wan" else torch.bfloat16), name
+    fp32 = [n for n, p in FULL["wan"].pipeline(torch.device("meta"), torch.bfloat16).transformer.named_parameters()
+            if p.dtype == torch.float32]
+    assert fp32 and all(any(k in n for k in ("norm", "time_embedder", "scale_shift_table")) for n in fp32)

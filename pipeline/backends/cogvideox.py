@@ -69,7 +69,8 @@ class Backend:
     def load(self, model: str, placement):
         from diffusers import CogVideoXImageToVideoPipeline
 
-        return from_pretrained(CogVideoXImageToVideoPipeline, model, placement)
+        # Published in bf16 with no fp16 variant files: asking for them first would only cost a failed try.
+        return from_pretrained(CogVideoXImageToVideoPipeline, model, placement, try_fp16_variant=False)
 
     def build_tiny(self):
         """Random weights in the shapes of diffusers' own CogVideoX I2V fast tests, learned embeddings

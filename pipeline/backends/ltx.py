@@ -66,12 +66,17 @@ class Backend:
     def load(self, model: str, placement):
         from diffusers import AutoencoderKLLTXVideo, DiffusionPipeline
 
+        # Unreadable configs leave the choice to the other one; from_pretrained below says why in one line.
         try:
             class_name = DiffusionPipeline.load_config(model).get("_class_name")
+        except Exception:  # noqa: BLE001
+            class_name = None
+        try:
             vae_config = AutoencoderKLLTXVideo.load_config(model, subfolder="vae")
-        except Exception:  # noqa: BLE001  unreadable here: from_pretrained below says why, in one line
-            class_name, vae_config = None, None
-        return from_pretrained(pipeline_class_for(class_name, vae_config), model, placement)
+        except Exception:  # noqa: BLE001
+            vae_config = None
+        # Lightricks publishes no fp16 variant files: asking for them first would only cost a failed try.
+        return from_pretrained(pipeline_class_for(class_name, vae_config), model, placement, try_fp16_variant=False)
 
     def build_tiny(self):
         """Random weights in the shapes of diffusers' own LTX condition-pipeline fast tests (0.9.5+ layout)."""
