@@ -112,8 +112,8 @@ def _finished_job(folders) -> int:
     queue = make_queue(make_settings(folders))
     job = queued_job(queue, "beach", seed=5)
     assert queue.claim("host:1", 60).id == job.id
-    queue.progress(job.id, "encoding_video")
-    assert queue.succeed(job.id)
+    queue.progress(job.id, "encoding_video", owner="host:1")
+    assert queue.succeed(job.id, "host:1")
     return job.id
 
 
