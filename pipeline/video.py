@@ -102,11 +102,10 @@ def video_tags(title: str, params: GenerationParams, *, model: str, version: str
     if interpolation is not None and interpolation.factor > 1:
         story["interpolation"] = {"factor": interpolation.factor, "method": interpolation.method}
     # A C string cannot hold NUL; JSON escapes it, the plain-text tags drop it.
-    return {
-        "title": title.replace("\0", ""),
-        "description": params.prompt.replace("\0", ""),
-        "comment": json.dumps(story, ensure_ascii=False),
-    }
+    tags = {"title": title.replace("\0", ""), "comment": json.dumps(story, ensure_ascii=False)}
+    if params.prompt is not None:  # image-only models (SVD) take no prompt
+        tags["description"] = params.prompt.replace("\0", "")
+    return tags
 
 
 def encode_mp4(frames: np.ndarray, path: Path, fps: int, *, tags: Mapping[str, str] | None = None,

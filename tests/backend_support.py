@@ -42,7 +42,8 @@ class BackendContract:
     pipeline_class: str  # what the tiny model's model_index.json names
 
     @pytest.fixture(autouse=True, scope="class")
-    def one_thread(self):
+    @classmethod
+    def one_thread(cls):
         """Tiny ops on a shared 2-core machine: extra OpenMP threads mostly wait for each other."""
         import torch
 
@@ -52,18 +53,20 @@ class BackendContract:
         torch.set_num_threads(threads)
 
     @pytest.fixture(scope="class")
-    def model_dir(self, tmp_path_factory) -> Path:
-        directory = tmp_path_factory.mktemp(f"tiny-{self.name}")
-        get_backend(self.name).build_tiny().save_pretrained(directory)
+    @classmethod
+    def model_dir(cls, tmp_path_factory) -> Path:
+        directory = tmp_path_factory.mktemp(f"tiny-{cls.name}")
+        get_backend(cls.name).build_tiny().save_pretrained(directory)
         return directory
 
     @pytest.fixture(scope="class")
-    def pipe(self, model_dir):
+    @classmethod
+    def pipe(cls, model_dir):
         import torch
 
         from pipeline.loader import Placement
 
-        return get_backend(self.name).load(str(model_dir), Placement(torch.device("cpu"), torch.float32))
+        return get_backend(cls.name).load(str(model_dir), Placement(torch.device("cpu"), torch.float32))
 
     def params(self, **changes) -> GenerationParams:
         base = GenerationParams(prompt="a cat on the sea", negative_prompt="blurry", width=32, height=32,

@@ -10,12 +10,14 @@ from pydantic import ValidationError
 from daemon.errors import InputRejected
 from daemon.settings import Settings
 from daemon.sidecar import parse_sidecar, resolve
+from pipeline.backends import RULES
 from pipeline.params import GenerationParams
 
 
 def resolved(default_interpolate: int = 1, **fields) -> GenerationParams:
     sidecar = parse_sidecar(json.dumps({"prompt": "waves", **fields}).encode())
-    return resolve(sidecar, default_preset="preview", default_fps=8, default_interpolate=default_interpolate)
+    return resolve(sidecar, RULES["i2vgen-xl"], default_preset="preview", default_fps=8,
+                   default_interpolate=default_interpolate)
 
 
 def test_the_sidecar_asks_for_interpolation_else_the_setting_decides():

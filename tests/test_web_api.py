@@ -19,7 +19,8 @@ from daemon.events.log import EventLog
 from daemon.intake import Intake
 from daemon.models import Job, JobState, utcnow
 from daemon.queue import NewJob
-from daemon.sidecar import parse_sidecar
+from daemon.sidecar import parse_sidecar, resolve
+from pipeline.backends import RULES
 from pipeline.video import encode_mp4
 from web_support import web, web_factory  # noqa: F401 (fixtures)
 
@@ -42,8 +43,9 @@ def test_a_submitted_job_is_queued_once_with_its_inputs_kept_like_an_inbox_pair(
     job_id = r.json()["id"]
     job = web.queue.get(job_id)
     assert job.state == JobState.QUEUED and job.priority == 2 and job.output_stem == "my beach"
-    assert job.params == {"prompt": "waves on a beach", "negative_prompt": None, "width": 32, "height": 32,
-                          "num_frames": 8, "fps": 8, "steps": 10, "guidance_scale": 9.0, "seed": 7}
+    assert job.params == {"version": 2, "prompt": "waves on a beach", "negative_prompt": None, "width": 32,
+                          "height": 32, "num_frames": 8, "fps": 8, "steps": 10, "guidance_scale": 9.0, "seed": 7,
+                          "interpolate": 1}
     done = web.settings.done_dir / "web"
     assert Path(job.image_path) == done / "my beach.png" and PIL.Image.open(job.image_path).size == (48, 40)
     assert json.loads(Path(job.sidecar_path).read_text()) == {
@@ -130,8 +132,8 @@ def test_rejections_carry_the_sidecar_and_intake_codes_and_messages(web_factory)
 
 
 def parse_sidecar_error(data: dict) -> dict:
-    with pytest.raises(InputRejected) as info:
-        parse_sidecar(json.dumps(data).encode())
+    with pytest.raises(InputRejected) as info:  # checked against the model that runs it, as the form is
+        resolve(parse_sidecar(json.dumps(data).encode()), RULES["i2vgen-xl"], default_preset="standard")
     exc = info.value
     return {"code": exc.code, "error": str(exc), "hint": exc.hint, "field_errors": exc.field_errors}
 
@@ -162,6 +164,8 @@ def test_cancel_retry_priority_and_filters(web):
     cancelled = requests.get(f"{web.url}/api/jobs", params={"state": "cancelled"}, timeout=10).json()
     assert [j["id"] for j in cancelled["jobs"]] == [ids[0]]
     assert requests.get(f"{web.url}/api/jobs", params={"q": "100%_"}, timeout=10).json()["total"] == 0
+    by_model = lambda m: requests.get(f"{web.url}/api/jobs", params={"model": m}, timeout=10).json()  # noqa: E731
+    assert by_model("i2vgen-xl")["total"] == 4 and by_model("svd")["total"] == 0  # the default model's name
     assert requests.get(f"{web.url}/api/jobs", params={"state": "nonsense"}, timeout=10).json()["code"] == \
         "invalid_request"
 

@@ -14,9 +14,6 @@ from daemon.events import kinds
 from daemon.models import Event, Job, JobState, utcnow
 from daemon.workers import is_alive, recent_workers
 
-# The served model's name becomes a column (jobs.model, workers.models) with the multi-model backends
-# work; until that schema is there, a job's model is its `model` parameter, where it has one.
-_JOB_MODEL = Job.__table__.c.get("model")
 PAGE_SIZE = 24
 WAITING = (JobState.INTAKE, JobState.QUEUED)
 FINISHED = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
@@ -53,8 +50,7 @@ def list_jobs(sessions: sessionmaker[Session], flt: JobFilter, page_size: int = 
         pattern = "%" + flt.prompt.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         query = query.where(Job.params["prompt"].as_string().ilike(pattern, escape="\\"))
     if flt.model:
-        column = _JOB_MODEL if _JOB_MODEL is not None else Job.params["model"].as_string()
-        query = query.where(column == flt.model)
+        query = query.where(Job.model == flt.model)
     with sessions() as s:
         total = s.scalar(select(func.count()).select_from(query.subquery()))
         pages = max(1, -(-total // page_size))
@@ -79,14 +75,10 @@ def workers(sessions: sessionmaker[Session], running: list[Job], lease_seconds: 
     now = utcnow()
     jobs = {job.lease_owner: job.id for job in running}
     return [{"id": w.id, "name": w.name, "host": w.host, "pid": w.pid, "gpu": w.gpu, "device": w.device,
-             "models": getattr(w, "models", None) or [], "alive": is_alive(w, now, lease_seconds),
+             "models": w.models or [], "alive": is_alive(w, now, lease_seconds),
              "last_seen_at": w.last_seen_at.isoformat(),
              "job_id": jobs.get(w.name)}
             for w in recent_workers(sessions, now)]
-
-
-def job_model(job: Job) -> str | None:
-    return getattr(job, "model", None) or job.params.get("model")
 
 
 def eta_seconds(job: Job, now: datetime | None = None) -> float | None:
@@ -138,7 +130,7 @@ def job_json(job: Job, position: int | None = None, *, detail: bool = False) -> 
         "priority": job.priority,
         "name": job.output_stem,
         "prompt": job.params.get("prompt"),
-        "model": job_model(job),
+        "model": job.model,
         "params": job.params,
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),

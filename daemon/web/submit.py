@@ -104,6 +104,7 @@ class WebSubmitter:
     def _submit(self, fields: dict[str, str], filename: str | None, image: BinaryIO, key: str) -> tuple[Job, bool]:
         raw = sidecar_bytes(fields)
         sidecar = parse_sidecar(raw)
+        model, params = params_for(sidecar, PurePath(), self.intake.catalog, self.settings)  # the rules before the image, as intake
         name = safe_image_name(filename)
         stem, suffix = name[: -len(Path(name).suffix)], Path(name).suffix.lower()
         s = self.settings
@@ -118,7 +119,6 @@ class WebSubmitter:
             check_image(staged_image, max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels)
             staged_sidecar = staging / f"{stem}.json"
             staged_sidecar.write_bytes(raw)
-            model, params = params_for(sidecar, PurePath(), self.intake.catalog, s)
             with _naming:
                 base = unique_stem(done_dir, stem, (suffix, ".json"))
                 job, created = self.queue.create(NewJob(

@@ -240,3 +240,25 @@ def to_uint8(frames) -> numpy.ndarray:
     if array.ndim == 5:
         array = array[0]
     return (array * 255).round().clip(0, 255).astype(np.uint8)
+
+
+def generate_with_text(pipe, image, params: GenerationParams, report: ProgressCallback, memory: MemoryOptions,
+                       **extra) -> numpy.ndarray:
+    """The call the text-and-image pipelines share (Wan, LTX-Video, CogVideoX); `extra` is each one's own."""
+    apply_memory_options(pipe, memory)
+    report(Progress("encoding_prompt"))
+    result = pipe(
+        image=image,
+        prompt=params.prompt,
+        negative_prompt=params.negative_prompt or "",
+        height=params.height,
+        width=params.width,
+        num_frames=params.num_frames,
+        num_inference_steps=params.steps,
+        guidance_scale=params.guidance_scale,
+        generator=seeded_generator(params.seed),
+        output_type="np",
+        callback_on_step_end=step_callback(report, params.steps),
+        **extra,
+    )
+    return to_uint8(result.frames)

@@ -14,13 +14,9 @@ from pipeline.backends.base import (
     FrameRule,
     MemoryOptions,
     Preset,
-    Progress,
     ProgressCallback,
-    apply_memory_options,
+    generate_with_text,
     from_pretrained,
-    seeded_generator,
-    step_callback,
-    to_uint8,
 )
 from pipeline.errors import PipelineError
 
@@ -113,21 +109,6 @@ class Backend:
                 f"(asked: {params.width}x{params.height}, {params.num_frames} frames); set width, height "
                 "and num_frames to those, or use a preset"
             )
-        apply_memory_options(pipe, memory)
-        report(Progress("encoding_prompt"))
-        result = pipe(
-            image=image,
-            prompt=params.prompt,
-            negative_prompt=params.negative_prompt or "",
-            height=params.height,
-            width=params.width,
-            num_frames=params.num_frames,
-            num_inference_steps=params.steps,
-            guidance_scale=params.guidance_scale,
-            generator=seeded_generator(params.seed),
-            output_type="np",
-            # The text length the transformer was built for (226 for the real models).
-            max_sequence_length=pipe.transformer.config.max_text_seq_length,
-            callback_on_step_end=step_callback(report, params.steps),
-        )
-        return to_uint8(result.frames)
+        # The text length the transformer was built for (226 for the real models).
+        return generate_with_text(pipe, image, params, report, memory,
+                                  max_sequence_length=pipe.transformer.config.max_text_seq_length)

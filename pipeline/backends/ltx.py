@@ -15,13 +15,9 @@ from pipeline.backends.base import (
     FrameRule,
     MemoryOptions,
     Preset,
-    Progress,
     ProgressCallback,
-    apply_memory_options,
+    generate_with_text,
     from_pretrained,
-    seeded_generator,
-    step_callback,
-    to_uint8,
 )
 
 CONDITION_PIPELINE = "LTXConditionPipeline"
@@ -111,27 +107,10 @@ class Backend:
         )
 
     def generate(self, pipe, image, params, report: ProgressCallback, memory: MemoryOptions):
-        apply_memory_options(pipe, memory)
-        extra = {}
+        extra = {"frame_rate": params.fps}
         if pipe.vae.config.timestep_conditioning:
             # Timestep-aware VAEs (0.9.1 on) decode best slightly noised: the values diffusers documents.
-            extra = dict(decode_timestep=0.05, decode_noise_scale=0.025)
+            extra.update(decode_timestep=0.05, decode_noise_scale=0.025)
             if type(pipe).__name__ == CONDITION_PIPELINE:
                 extra["image_cond_noise_scale"] = 0.025
-        report(Progress("encoding_prompt"))
-        result = pipe(
-            image=image,
-            prompt=params.prompt,
-            negative_prompt=params.negative_prompt or "",
-            height=params.height,
-            width=params.width,
-            num_frames=params.num_frames,
-            frame_rate=params.fps,
-            num_inference_steps=params.steps,
-            guidance_scale=params.guidance_scale,
-            generator=seeded_generator(params.seed),
-            output_type="np",
-            callback_on_step_end=step_callback(report, params.steps),
-            **extra,
-        )
-        return to_uint8(result.frames)
+        return generate_with_text(pipe, image, params, report, memory, **extra)

@@ -14,13 +14,9 @@ from pipeline.backends.base import (
     FrameRule,
     MemoryOptions,
     Preset,
-    Progress,
     ProgressCallback,
-    apply_memory_options,
+    generate_with_text,
     from_pretrained,
-    seeded_generator,
-    step_callback,
-    to_uint8,
 )
 
 # Wan2.2-TI2V-5B's card: 1280x704 (or 704x1280), 121 frames at 24 fps, 50 steps, guidance 5.0.
@@ -96,19 +92,4 @@ class Backend:
         )
 
     def generate(self, pipe, image, params, report: ProgressCallback, memory: MemoryOptions):
-        apply_memory_options(pipe, memory)
-        report(Progress("encoding_prompt"))
-        result = pipe(
-            image=image,
-            prompt=params.prompt,
-            negative_prompt=params.negative_prompt or "",
-            height=params.height,
-            width=params.width,
-            num_frames=params.num_frames,
-            num_inference_steps=params.steps,
-            guidance_scale=params.guidance_scale,
-            generator=seeded_generator(params.seed),
-            output_type="np",
-            callback_on_step_end=step_callback(report, params.steps),
-        )
-        return to_uint8(result.frames)
+        return generate_with_text(pipe, image, params, report, memory)
