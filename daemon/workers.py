@@ -123,12 +123,14 @@ def worker_lines(workers: list[WorkerRecord], running: list[Job], now: datetime,
     jobs = {job.lease_owner: job for job in running}
     width = max(len("HOST"), *(len(w.host) for w in workers))
     lines = [f"workers (dead = not seen for {lease_seconds:g} s):",
-             f"  {'HOST':<{width}} {'PID':>7}  {'GPU':<6} {'DEVICE':<8} {'STATE':<6} {'LAST SEEN':<10} JOB"]
+             f"  {'HOST':<{width}} {'PID':>7}  {'GPU':<6} {'DEVICE':<8} {'STATE':<6} {'LAST SEEN':<10} "
+             f"{'JOB':<7} MODELS"]
     for w in workers:
         job = jobs.get(w.name)
         state = "alive" if is_alive(w, now, lease_seconds) else "dead"
         lines.append(f"  {w.host:<{width}} {w.pid:>7}  {w.gpu or '-':<6} {w.device:<8} {state:<6} "
-                     f"{ago(now - w.last_seen_at):<10} {f'#{job.id}' if job else ''}")
+                     f"{ago(now - w.last_seen_at):<10} {f'#{job.id}' if job else '':<7} "
+                     f"{', '.join(w.models) if w.models else '-'}".rstrip())
     return lines
 
 

@@ -16,7 +16,7 @@ def status(env: dict[str, str]) -> str:
 
 
 def worker_rows(status_output: str) -> dict[str, list[str]]:
-    """The workers table of `i2vd status`: HOST -> [HOST, PID, GPU, DEVICE, STATE, LAST SEEN..., JOB]."""
+    """The workers table of `i2vd status`: HOST -> [HOST, PID, GPU, DEVICE, STATE, LAST SEEN..., JOB, MODELS]."""
     lines = status_output.splitlines()
     start = next((i for i, line in enumerate(lines) if line.startswith("workers (")), None)
     if start is None:

@@ -44,8 +44,8 @@ def test_status_lists_live_and_dead_workers_and_expired_leases(database_url, dir
         here.stop()
     rows = worker_rows(output)
     assert set(rows) == {"gpu-a:11", "gpu-b:22"}, output  # the cleanly stopped worker is not listed
-    assert rows["gpu-a:11"][2:5] == ["0", "cuda:0", "alive"] and rows["gpu-a:11"][-1] == f"#{alive_job}"
-    assert rows["gpu-b:22"][2:5] == ["1", "cuda:0", "dead"] and rows["gpu-b:22"][-1] == f"#{stuck_job}"
+    assert rows["gpu-a:11"][2:5] == ["0", "cuda:0", "alive"] and rows["gpu-a:11"][-2] == f"#{alive_job}"
+    assert rows["gpu-b:22"][2:5] == ["1", "cuda:0", "dead"] and rows["gpu-b:22"][-2] == f"#{stuck_job}"
     lines = output.splitlines()
     stuck_line = next(line for line in lines if line.startswith(f"running #{stuck_job} "))
     assert "on gpu-b:22" in stuck_line and re.search(r"lease expired \d+s ago", stuck_line)
