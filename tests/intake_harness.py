@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import make_queue, make_settings
 from daemon.intake import Intake
 from daemon.models import JobState
@@ -52,3 +54,18 @@ class IntakeHarness:
     def close(self) -> None:
         self.observer.stop()
         self.observer.join(timeout=5)
+
+
+@pytest.fixture
+def harness(dirs):
+    """IntakeHarness(**setting overrides), closed after the test."""
+    created = []
+
+    def make(**overrides) -> IntakeHarness:
+        h = IntakeHarness(dirs, **overrides)
+        created.append(h)
+        return h
+
+    yield make
+    for h in created:
+        h.close()

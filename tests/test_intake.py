@@ -11,21 +11,7 @@ import pytest
 
 from conftest import write_image, write_sidecar
 from daemon.models import JobState
-from intake_harness import IntakeHarness
-
-
-@pytest.fixture
-def harness(dirs):
-    created = []
-
-    def make(**overrides) -> IntakeHarness:
-        h = IntakeHarness(dirs, **overrides)
-        created.append(h)
-        return h
-
-    yield make
-    for h in created:
-        h.close()
+from intake_harness import IntakeHarness, harness  # noqa: F401 (fixture)
 
 
 def test_slow_writer_is_not_taken_early(harness):

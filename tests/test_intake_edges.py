@@ -20,21 +20,7 @@ from conftest import daemon_env, drop_pair, wait_for, write_image, write_sidecar
 from daemon.errors import InputRejected
 from daemon.models import JobState
 from daemon.sidecar import parse_sidecar
-from intake_harness import IntakeHarness
-
-
-@pytest.fixture
-def harness(dirs):
-    created = []
-
-    def make(**overrides) -> IntakeHarness:
-        h = IntakeHarness(dirs, **overrides)
-        created.append(h)
-        return h
-
-    yield make
-    for h in created:
-        h.close()
+from intake_harness import IntakeHarness, harness  # noqa: F401 (fixture)
 
 
 def inbox_names(h: IntakeHarness) -> set[str]:
