@@ -7,7 +7,6 @@ import os
 import time
 
 import PIL.Image
-import pytest
 
 from conftest import write_image, write_sidecar
 from daemon.models import JobState
