@@ -56,6 +56,8 @@ def check_image(path: Path, *, max_bytes: int, max_pixels: int) -> tuple[int, in
         except PIL.Image.DecompressionBombError as exc:
             raise InputRejected("image_too_many_pixels", f"{path.name} is too large to decode safely ({exc}).",
                                 hint="Downscale the image or raise max_image_pixels.") from None
+        except FileNotFoundError:
+            raise  # moved away meanwhile (another daemon took the pair): not a fault of the file
         except PIL.UnidentifiedImageError:
             raise InputRejected("not_an_image", f"{path.name} is not a PNG, JPEG or WEBP image.",
                                 hint="Check that the file really is an image and not renamed text.") from None

@@ -99,7 +99,7 @@ class Intake:
         self.stats = IntakeStats()
         self._seen: dict[Path, _Seen] = {}
         self._attempts: dict[tuple[Path, str], int] = {}  # unexpected errors per (folder, stem)
-        self._names_by_folded: dict[tuple[Path, str], list[str]] = {}  # this tick's names by case-folded stem
+        self._names_by_folded: dict[tuple[Path, str], list[str]] = {}  # tracked names by case-folded stem
         # Filled by the watcher thread, under the lock.
         self._dirty: set[Path] = set()
         self._arrived: set[Path] = set()
@@ -210,10 +210,13 @@ class Intake:
             # The exact stem: Beach.png and beach.png are two different files on Linux.
             groups.setdefault((path.parent, _stem(path.name)), []).append(path)
         self._attempts = {key: n for key, n in self._attempts.items() if key in groups}
-        # Before any group leaves: a lone half's hint names its twin in another case.
-        self._names_by_folded = {}
+        # Before any group leaves: a lone half's hint names its twin in another case. A twin that left in
+        # an earlier tick (its own timeout came first) is remembered while a name of its kind remains.
+        earlier, self._names_by_folded = self._names_by_folded, {}
         for (directory, stem), paths in groups.items():
             self._names_by_folded.setdefault((directory, stem.casefold()), []).extend(p.name for p in paths)
+        for key, names in self._names_by_folded.items():
+            names.extend(n for n in earlier.get(key, ()) if n not in names)
 
         next_due = self.settings.settle_seconds
         for (directory, stem), paths in groups.items():
