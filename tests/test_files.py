@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 
 import pytest
 
 from daemon import files
 from daemon.files import move, publish
+from tmpfs_support import tmpfs
 
 
 @pytest.fixture
@@ -17,12 +17,8 @@ def other_filesystem(tmp_path):
     """A small tmpfs mounted inside tmp_path: a real second filesystem (renames into it fail with EXDEV)."""
     mount_point = tmp_path / "other-fs"
     mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.strip()}")
-    yield mount_point
-    subprocess.run(["umount", str(mount_point)], check=True)
+    with tmpfs(mount_point, "4m"):
+        yield mount_point
 
 
 def test_move_to_another_filesystem_copies_then_removes(tmp_path, other_filesystem):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import stat
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from conftest import daemon_env, drop_pair, make_queue, make_settings, probe, wa
 from daemon.files import TEMP_PREFIX, temp_path, unique_stem, write_json_atomic
 from daemon.models import JobState
 from daemon.outputs import METADATA, VIDEO, OutputName, StagedOutputs, discard_set, finish_set
+from tmpfs_support import tmpfs
 
 WHEN = datetime(2026, 11, 22, 8, 30, 5)
 ASCII_245 = "M" * 245
@@ -256,14 +256,8 @@ def test_long_names_give_exactly_one_video_and_metadata_each(dirs, run_daemon):
 @pytest.fixture
 def small_outputs(dirs):
     """outputs/ on a 256 KiB tmpfs, unmounted afterwards; skips where this machine cannot mount."""
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command on this machine")
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(dirs["outputs"])],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.strip()}")
-    yield dirs["outputs"]
-    subprocess.run(["umount", "-l", str(dirs["outputs"])], check=True)
+    with tmpfs(dirs["outputs"], "256k", "mode=0755"):
+        yield dirs["outputs"]
 
 
 def test_a_full_disk_while_writing_metadata_then_freed_gives_one_pair(dirs, small_outputs, run_daemon):

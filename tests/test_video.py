@@ -13,6 +13,7 @@ from conftest import probe
 from pipeline.errors import EncodeError, PipelineError
 from pipeline.params import GenerationParams
 from pipeline.video import encode_mp4, parse_ffmetadata, plan_interpolation, video_tags
+from tmpfs_support import tmpfs
 from video_support import ffmpeg_wrapper, moving_square, noise, square_x
 
 
@@ -66,14 +67,8 @@ def full_disk(tmp_path):
     """A 64 KiB tmpfs: room for a few small files, not for a real video. Needs root (mount)."""
     mountpoint = tmp_path / "small-disk"
     mountpoint.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mountpoint)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
-    try:
+    with tmpfs(mountpoint, "64k"):
         yield mountpoint
-    finally:
-        subprocess.run(["umount", str(mountpoint)], check=True)
 
 
 def test_a_full_disk_is_an_encode_error_and_leaves_no_file(full_disk):
