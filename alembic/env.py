@@ -2,8 +2,8 @@
 
 from alembic import context
 
-from daemon.db import make_engine
-from daemon.models import Base
+from daemon.db.engine import make_engine
+from daemon.db.tables import Base
 from daemon.settings import load_settings
 
 target_metadata = Base.metadata

@@ -43,7 +43,7 @@ import torch
 from bench.harness import footer, header
 from pipeline.backends import DEFAULT_BACKEND, RULES
 from pipeline.generate import VideoGenerator
-from pipeline.loader import Placement, quiet_libraries
+from pipeline.runtime import Placement, quiet_libraries
 from pipeline.params import GenerationParams
 
 # ali-vilab/i2vgen-xl, the diffusers-format configs of its components (defaults left out).

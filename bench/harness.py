@@ -1,6 +1,6 @@
 """What the daemon benchmarks share: a scratch set-up, `i2vd run` as a subprocess, /proc readings.
 
-The daemon runs as users run it (`python -m daemon.cli run`, its own process, settings from I2VD_*
+The daemon runs as users run it (`python -m daemon.cli.main run`, its own process, settings from I2VD_*
 variables) on real folders of the local disk, and the benchmarks drop real files into its inbox.
 Only the benchmark's own process imports nothing heavy, so that it steals little CPU from the
 daemon it measures.
@@ -34,8 +34,8 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # model's generation, which on this machine competes for the same CPU cores (on a GPU machine the
 # worker thread mostly waits for the device).
 PARKED_WORKER = (
-    "import sys, daemon.worker as w; w.Worker.run = lambda self, stop, wake: stop.wait(); "
-    "from daemon.cli import main; sys.exit(main())"
+    "import sys, daemon.worker.runner as w; w.Worker.run = lambda self, stop, wake: stop.wait(); "
+    "from daemon.cli.main import main; sys.exit(main())"
 )
 
 

@@ -64,7 +64,7 @@ def run_bare(spec_file: Path, main_thread: bool) -> None:
     from diffusers import I2VGenXLPipeline
 
     from pipeline.backends.i2vgen_xl import encode_prompt
-    from pipeline.loader import quiet_libraries
+    from pipeline.runtime import quiet_libraries
     from pipeline.video import encode_mp4
 
     quiet_libraries()

@@ -37,9 +37,9 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from daemon.db import make_engine, session_factory, upgrade
-from daemon.models import JobState
-from daemon.queue import JobQueue
+from daemon.db.engine import make_engine, session_factory, upgrade
+from daemon.db.tables import JobState
+from daemon.jobs.queue import JobQueue
 from pipeline.tiny import ensure_tiny_model
 
 JOB = {"prompt": "bench", "width": 32, "height": 32, "num_frames": 8, "steps": 10, "fps": 8, "seed": 1}

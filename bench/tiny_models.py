@@ -26,7 +26,7 @@ import numpy as np, PIL.Image, torch
 torch.set_num_threads(1)
 from pipeline.backends import RULES, get_backend
 from pipeline.backends.base import MemoryOptions
-from pipeline.loader import Placement, quiet_libraries
+from pipeline.runtime import Placement, quiet_libraries
 from pipeline.params import GenerationParams
 quiet_libraries()
 name = sys.argv[1]

@@ -16,7 +16,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from daemon.logs import get_logger
-from daemon.models import JobState
+from daemon.db.tables import JobState
 
 log = get_logger("i2vd.metrics")
 

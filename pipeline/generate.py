@@ -10,7 +10,7 @@ import torch
 
 from pipeline.backends import backend_for_class, get_backend
 from pipeline.backends.base import MemoryOptions, ProgressCallback, VideoBackend
-from pipeline.loader import Placement
+from pipeline.runtime import Placement
 from pipeline.oom import raise_injected_oom
 from pipeline.params import GenerationParams
 

@@ -52,7 +52,7 @@ def build_tokenizer(workdir: Path):
 
 def build_tiny_pipeline(backend: str = DEFAULT_BACKEND):
     """A fresh tiny pipeline of `backend` with random weights."""
-    from pipeline.loader import quiet_libraries
+    from pipeline.runtime import quiet_libraries
 
     quiet_libraries()
     return get_backend(backend).build_tiny()

@@ -64,7 +64,7 @@ class BackendContract:
     def pipe(cls, model_dir):
         import torch
 
-        from pipeline.loader import Placement
+        from pipeline.runtime import Placement
 
         return get_backend(cls.name).load(str(model_dir), Placement(torch.device("cpu"), torch.float32))
 
@@ -139,7 +139,7 @@ class BackendContract:
         import torch
 
         from pipeline.generate import VideoGenerator
-        from pipeline.loader import Placement
+        from pipeline.runtime import Placement
         from pipeline.oom import OomLadder, is_oom
 
         rules = RULES[self.name]

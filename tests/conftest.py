@@ -16,8 +16,8 @@ import imageio_ffmpeg
 import PIL.Image
 import pytest
 
-from daemon.db import make_engine, session_factory, upgrade
-from daemon.queue import JobQueue
+from daemon.db.engine import make_engine, session_factory, upgrade
+from daemon.jobs.queue import JobQueue
 from daemon.settings import Settings
 
 TINY_SIDECAR = {"width": 32, "height": 32, "num_frames": 8, "steps": 10, "fps": 8}

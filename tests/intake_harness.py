@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from conftest import make_queue, make_settings
-from daemon.intake import Intake
-from daemon.models import JobState
-from daemon.watcher import start_observer
+from daemon.intake.ingest import Intake
+from daemon.db.tables import JobState
+from daemon.intake.watcher import start_observer
 
 
 class IntakeHarness:

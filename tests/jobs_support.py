@@ -6,8 +6,8 @@ import ctypes
 import uuid
 from pathlib import Path
 
-from daemon.models import Job
-from daemon.queue import JobQueue, NewJob
+from daemon.db.tables import Job
+from daemon.jobs.queue import JobQueue, NewJob
 
 PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2
 

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 
 from conftest import POSTGRES_ADMIN_URL
-from daemon.db import make_engine, sqlite_path
+from daemon.db.engine import make_engine, sqlite_path
 
 BUSY_TIMEOUT = 0.05  # seconds a write waits on a locked SQLite file before it fails
 

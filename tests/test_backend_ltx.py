@@ -28,7 +28,7 @@ class TestLtx(BackendContract):
 
         from pipeline.backends import get_backend
         from pipeline.backends.ltx import pipeline_class_for
-        from pipeline.loader import Placement
+        from pipeline.runtime import Placement
 
         assert backend_for_class("LTXPipeline") == backend_for_class("LTXImageToVideoPipeline") == "ltx"
         assert pipeline_class_for("LTXPipeline").__name__ == "LTXImageToVideoPipeline"

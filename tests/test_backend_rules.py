@@ -10,10 +10,10 @@ from pathlib import Path, PurePath
 
 import pytest
 
-from daemon.catalog import ModelCatalog
+from daemon.models.catalog import ModelCatalog
 from daemon.errors import ConfigError, InputRejected
 from daemon.settings import Settings
-from daemon.sidecar import Sidecar, parse_sidecar, resolve, route
+from daemon.intake.sidecar import Sidecar, parse_sidecar, resolve, route
 from pipeline.backends import RULES, ModelSource, parse_model
 from pipeline.backends.base import FrameRule
 from pipeline.oom import OomLadder
@@ -42,7 +42,7 @@ def fields(error: InputRejected) -> list[str]:
 
 def test_intake_side_imports_no_model_stack():
     """What the intake-only daemon imports to validate sidecars against every backend."""
-    code = ("import sys; import daemon.intake, daemon.catalog, daemon.sidecar; from pipeline.backends import RULES; "
+    code = ("import sys; import daemon.intake.ingest, daemon.models.catalog, daemon.intake.sidecar; from pipeline.backends import RULES; "
             "assert len(RULES) >= 1; loaded = [m for m in ('torch', 'diffusers', 'transformers') "
             "if m in sys.modules]; assert not loaded, loaded")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)

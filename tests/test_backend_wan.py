@@ -86,7 +86,7 @@ def test_the_14b_layouts_load_and_generate_through_the_same_backend(build, tmp_p
     import torch
 
     from pipeline.backends import detect_backend, get_backend
-    from pipeline.loader import Placement
+    from pipeline.runtime import Placement
 
     folder = build(tmp_path / "model")
     assert detect_backend(folder) == "wan"

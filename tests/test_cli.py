@@ -82,7 +82,7 @@ def test_submit_to_an_unwritable_inbox_says_so_in_one_line(folders, tmp_path):
 
 
 def test_every_option_explains_itself():
-    from daemon.cli import _parser
+    from daemon.cli.main import _parser
 
     undocumented = []
 

@@ -6,9 +6,9 @@ import json
 import time
 
 from conftest import daemon_env, drop_pair, probe, wait_for
-from daemon.db import make_engine, session_factory
-from daemon.models import JobState
-from daemon.queue import JobQueue
+from daemon.db.engine import make_engine, session_factory
+from daemon.db.tables import JobState
+from daemon.jobs.queue import JobQueue
 from outage_support import outage
 from test_service import NotifyListener
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from conftest import daemon_env, make_queue, make_settings
-from daemon.watcher import filesystem_type, needs_polling
+from daemon.intake.watcher import filesystem_type, needs_polling
 from jobs_support import without_root_file_access
 
 

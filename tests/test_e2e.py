@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from conftest import daemon_env, drop_pair, make_queue, make_settings, probe, wait_for, write_image
-from daemon.models import JobState
+from daemon.db.tables import JobState
 
 
 def test_pair_becomes_mp4_and_bad_inputs_land_in_failed(dirs, run_daemon):

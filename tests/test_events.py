@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-from daemon.db import make_engine, session_factory, upgrade
+from daemon.db.engine import make_engine, session_factory, upgrade
 from daemon.events import kinds
-from daemon.events.log import EventLog
-from daemon.models import JobState
-from daemon.queue import JobQueue, NewJob
+from daemon.events.outbox import EventLog
+from daemon.db.tables import JobState
+from daemon.jobs.queue import JobQueue, NewJob
 
 
 @pytest.fixture

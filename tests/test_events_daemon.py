@@ -9,10 +9,10 @@ import sys
 
 from cluster import Cluster
 from conftest import daemon_env, drop_pair, make_queue, make_settings, wait_for, write_image
-from daemon.db import make_engine, session_factory
+from daemon.db.engine import make_engine, session_factory
 from daemon.events import kinds
-from daemon.events.log import EventLog
-from daemon.models import JobState
+from daemon.events.outbox import EventLog
+from daemon.db.tables import JobState
 from webhook_support import Receiver, free_port
 
 SECRET = "s3cret"

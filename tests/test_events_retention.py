@@ -8,13 +8,13 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from daemon.cli import main
-from daemon.db import make_engine, session_factory, upgrade
+from daemon.cli.main import main
+from daemon.db.engine import make_engine, session_factory, upgrade
 from daemon.events import kinds
-from daemon.events.log import EventLog
+from daemon.events.outbox import EventLog
 from daemon.events.retention import prune, prune_progress
-from daemon.models import Event, Job, utcnow
-from daemon.queue import JobQueue, NewJob
+from daemon.db.tables import Event, Job, utcnow
+from daemon.jobs.queue import JobQueue, NewJob
 
 
 @pytest.fixture

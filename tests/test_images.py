@@ -5,7 +5,7 @@ from __future__ import annotations
 import PIL.Image
 import pytest
 
-from daemon.images import load_rgb
+from daemon.intake.images import load_rgb
 
 
 @pytest.mark.parametrize("mode,color,fmt,expected", [

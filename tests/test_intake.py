@@ -9,7 +9,7 @@ import time
 import PIL.Image
 
 from conftest import write_image, write_sidecar
-from daemon.models import JobState
+from daemon.db.tables import JobState
 from intake_harness import IntakeHarness, harness  # noqa: F401 (fixture)
 
 
@@ -244,7 +244,7 @@ def test_ambiguous_pair(harness):
 
 
 def test_filesystem_type_decides_polling(tmp_path):
-    from daemon.watcher import choose_mode, filesystem_type, needs_polling
+    from daemon.intake.watcher import choose_mode, filesystem_type, needs_polling
 
     mounts = tmp_path / "mounts"
     mounts.write_text("/dev/sda1 / ext4 rw 0 0\nnas:/share /mnt/nas nfs4 rw 0 0\n"
@@ -260,7 +260,7 @@ def test_filesystem_type_decides_polling(tmp_path):
 
 
 def test_watcher_reports_new_files_not_intakes_own_reads_and_moves_out(tmp_path):
-    from daemon.watcher import start_observer
+    from daemon.intake.watcher import start_observer
 
     events = []
     (tmp_path / "subfolder").mkdir()

@@ -10,16 +10,16 @@ import textwrap
 import pytest
 
 from conftest import write_image, write_sidecar
-from daemon.models import JobState
+from daemon.db.tables import JobState
 from intake_harness import IntakeHarness
 
 # Runs intake in a child process and SIGKILLs it right after the chosen step.
 CHILD = textwrap.dedent("""
     import os, signal, sys, time
     sys.path.insert(0, {tests!r})
-    import daemon.intake as intake_module
+    import daemon.intake.ingest as intake_module
     from conftest import make_queue, make_settings
-    from daemon.intake import Intake
+    from daemon.intake.ingest import Intake
 
     step = {step!r}
     dirs = {dirs!r}

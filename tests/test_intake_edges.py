@@ -18,8 +18,8 @@ import pytest
 
 from conftest import daemon_env, drop_pair, wait_for, write_image, write_sidecar
 from daemon.errors import InputRejected
-from daemon.models import JobState
-from daemon.sidecar import parse_sidecar
+from daemon.db.tables import JobState
+from daemon.intake.sidecar import parse_sidecar
 from intake_harness import IntakeHarness, harness  # noqa: F401 (fixture)
 
 
@@ -155,7 +155,7 @@ def test_halves_differing_only_by_case_say_why_they_never_pair(harness):
 
 
 def test_unexpected_error_fails_the_pair_after_three_tries(harness, monkeypatch):
-    import daemon.intake as intake_module
+    import daemon.intake.ingest as intake_module
 
     real_check = intake_module.check_image
     tries = []

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from conftest import daemon_env, drop_pair, make_queue, make_settings, probe, wait_for
 
-from daemon.models import JobState
+from daemon.db.tables import JobState
 
 
 def test_intake_only_daemon_queues_pairs_without_torch_and_a_worker_daemon_runs_them(dirs, tmp_path, run_daemon):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from daemon.errors import InputRejected, LadderExhausted
-from daemon.retry import RetryPolicy
+from daemon.jobs.retry import RetryPolicy
 from pipeline.backends import RULES
 from pipeline.oom import OomLadder, is_oom
 from pipeline.params import GenerationParams

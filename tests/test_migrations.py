@@ -8,8 +8,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from daemon.db import downgrade, make_engine, schema_revision, upgrade
-from daemon.models import Base
+from daemon.db.engine import downgrade, make_engine, schema_revision, upgrade
+from daemon.db.tables import Base
 
 
 def columns(engine, table: str) -> set[str]:

@@ -10,7 +10,7 @@ import uuid
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.notify import Notifier, StartupKeepalive
+from daemon.service.notify import Notifier, StartupKeepalive
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from datetime import datetime
 import pytest
 
 from daemon.files import publish, temp_path
-from daemon.outputs import METADATA, VIDEO, OutputName, sweep_temporaries, temp_label
+from daemon.jobs.outputs import METADATA, VIDEO, OutputName, sweep_temporaries, temp_label
 
 
 def test_names_are_unique_and_prefixed(tmp_path):

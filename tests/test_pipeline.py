@@ -13,7 +13,7 @@ from conftest import probe
 from pipeline.errors import GenerationInterrupted, ModelUnavailable
 from pipeline.backends.i2vgen_xl import encode_prompt
 from pipeline.generate import VideoGenerator
-from pipeline.loader import load_pipeline, resolve_placement
+from pipeline.runtime import load_pipeline, resolve_placement
 from pipeline.params import GenerationParams
 from pipeline.video import encode_mp4
 

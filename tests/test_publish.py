@@ -19,8 +19,8 @@ import pytest
 
 from conftest import daemon_env, drop_pair, make_queue, make_settings, probe, wait_for, write_image
 from daemon.files import TEMP_PREFIX, temp_path, unique_stem, write_json_atomic
-from daemon.models import JobState
-from daemon.outputs import METADATA, VIDEO, OutputName, StagedOutputs, discard_set, finish_set
+from daemon.db.tables import JobState
+from daemon.jobs.outputs import METADATA, VIDEO, OutputName, StagedOutputs, discard_set, finish_set
 from tmpfs_support import tmpfs
 
 WHEN = datetime(2026, 11, 22, 8, 30, 5)
@@ -124,7 +124,7 @@ CRASH_BETWEEN_RENAMES = textwrap.dedent("""
     import os, sys
     from datetime import datetime
     from pathlib import Path
-    from daemon.outputs import VIDEO, OutputName, StagedOutputs
+    from daemon.jobs.outputs import VIDEO, OutputName, StagedOutputs
     directory = Path(sys.argv[1])
     staged = StagedOutputs(7, OutputName(directory, "", "beach", datetime(2026, 11, 22, 8, 30, 5)))
     staged.temp(VIDEO).write_bytes(b"video bytes")
@@ -137,7 +137,7 @@ CRASH_BETWEEN_RENAMES = textwrap.dedent("""
 
 def crash_between_renames(directory: Path):
     """A real process that dies after placing the video and extras, before the metadata."""
-    from daemon.outputs import OutputPaths
+    from daemon.jobs.outputs import OutputPaths
 
     result = subprocess.run([sys.executable, "-c", CRASH_BETWEEN_RENAMES, str(directory)],
                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})

@@ -7,9 +7,9 @@ import threading
 from sqlalchemy import inspect, text
 
 from conftest import make_queue, make_settings
-from daemon.db import downgrade, make_engine, schema_revision, upgrade
-from daemon.models import JobState
-from daemon.queue import NewJob
+from daemon.db.engine import downgrade, make_engine, schema_revision, upgrade
+from daemon.db.tables import JobState
+from daemon.jobs.queue import NewJob
 
 
 def new_job(key: str, priority: int = 0) -> NewJob:

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from conftest import daemon_env, drop_pair, make_queue, make_settings, probe, wait_for
-from daemon.db import make_engine, session_factory, upgrade
-from daemon.models import JobState
-from daemon.queue import JobQueue, NewJob
+from daemon.db.engine import make_engine, session_factory, upgrade
+from daemon.db.tables import JobState
+from daemon.jobs.queue import JobQueue, NewJob
 
 TWO_MODELS = '["tiny", "fast=tiny:svd"]'  # I2VGen-XL (the default) and SVD, both tiny
 
@@ -55,8 +55,8 @@ def test_claim_takes_only_served_models_and_prefers_the_loaded_one(database_url)
 
 
 def test_pool_keeps_what_fits_and_evicts_the_least_recently_used(tmp_path):
-    from daemon.catalog import ModelCatalog
-    from daemon.pool import LoadedModel, ModelPool
+    from daemon.models.catalog import ModelCatalog
+    from daemon.models.pool import LoadedModel, ModelPool
     from daemon.settings import Settings
 
     catalog = ModelCatalog.from_settings(Settings(state_dir=tmp_path, models=("a=tiny", "b=tiny", "c=tiny")))

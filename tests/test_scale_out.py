@@ -11,9 +11,9 @@ import pytest
 
 from cluster import Cluster, status, worker_rows
 from conftest import daemon_env, drop_pair, probe, wait_for
-from daemon.db import make_engine, session_factory
-from daemon.models import JobState
-from daemon.queue import JobQueue
+from daemon.db.engine import make_engine, session_factory
+from daemon.db.tables import JobState
+from daemon.jobs.queue import JobQueue
 
 PAIRS = 40
 

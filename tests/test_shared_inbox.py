@@ -9,10 +9,10 @@ import time
 import pytest
 
 from conftest import drop_pair
-from daemon.intake import idempotency_key
-from daemon.models import JobState
-from daemon.outputs import sweep_temporaries
-from daemon.queue import NewJob
+from daemon.intake.ingest import idempotency_key
+from daemon.db.tables import JobState
+from daemon.jobs.outputs import sweep_temporaries
+from daemon.jobs.queue import NewJob
 from intake_harness import IntakeHarness
 
 

@@ -10,11 +10,11 @@ import threading
 from sqlalchemy.engine import make_url
 
 from conftest import TINY_SIDECAR, make_settings, write_image
-from daemon.db import make_engine, session_factory, upgrade
-from daemon.models import JobState, utcnow
-from daemon.queue import JobQueue, NewJob
-from daemon.recovery import recover_jobs
-from daemon.sidecar import Sidecar, resolve
+from daemon.db.engine import make_engine, session_factory, upgrade
+from daemon.db.tables import JobState, utcnow
+from daemon.jobs.queue import JobQueue, NewJob
+from daemon.jobs.recovery import recover_jobs
+from daemon.intake.sidecar import Sidecar, resolve
 
 
 def make_shared_queue(url: str) -> JobQueue:
@@ -136,10 +136,10 @@ def test_times_come_back_in_utc_whatever_the_session_time_zone(postgres_url):
 
 
 def test_a_worker_whose_job_was_taken_over_meanwhile_publishes_nothing(dirs, postgres_url):
-    from daemon.catalog import ModelCatalog
-    from daemon.service import load_models
-    from daemon.worker import Worker
-    from pipeline.loader import resolve_placement
+    from daemon.models.catalog import ModelCatalog
+    from daemon.service.daemon import load_models
+    from daemon.worker.runner import Worker
+    from pipeline.runtime import resolve_placement
 
     settings = make_settings(dirs, database_url=postgres_url, lease_seconds=600)  # no heartbeat in time
     queue = make_shared_queue(postgres_url)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from daemon.errors import InputRejected
-from daemon.sidecar import parse_sidecar, resolve
+from daemon.intake.sidecar import parse_sidecar, resolve
 from pipeline.backends import RULES
 
 I2VGEN_XL = RULES["i2vgen-xl"]

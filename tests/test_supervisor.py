@@ -9,12 +9,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from conftest import wait_for
-from daemon.db import session_factory, upgrade
-from daemon.models import JobState
-from daemon.queue import JobQueue
-from daemon.recovery import recover_jobs
-from daemon.supervisor import Backoff, PeriodicTask
-from daemon.worker import _Heartbeat
+from daemon.db.engine import session_factory, upgrade
+from daemon.db.tables import JobState
+from daemon.jobs.queue import JobQueue
+from daemon.jobs.recovery import recover_jobs
+from daemon.periodic import Backoff, PeriodicTask
+from daemon.worker.runner import _Heartbeat
 from jobs_support import queued_job
 from outage_support import engine_for_outages, outage
 

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from daemon.errors import InputRejected
 from daemon.settings import Settings
-from daemon.sidecar import parse_sidecar, resolve
+from daemon.intake.sidecar import parse_sidecar, resolve
 from pipeline.backends import RULES
 from pipeline.params import GenerationParams
 

@@ -15,11 +15,11 @@ from sqlalchemy import insert, text
 
 from conftest import TINY_SIDECAR
 from daemon.errors import InputRejected
-from daemon.events.log import EventLog
-from daemon.intake import Intake
-from daemon.models import Job, JobState, utcnow
-from daemon.queue import NewJob
-from daemon.sidecar import parse_sidecar, resolve
+from daemon.events.outbox import EventLog
+from daemon.intake.ingest import Intake
+from daemon.db.tables import Job, JobState, utcnow
+from daemon.jobs.queue import NewJob
+from daemon.intake.sidecar import parse_sidecar, resolve
 from pipeline.backends import RULES
 from pipeline.video import encode_mp4
 from web_support import web, web_factory  # noqa: F401 (fixtures)
@@ -78,12 +78,12 @@ def test_the_form_sent_twice_makes_each_job_once(web):
 
 
 def test_an_upload_cut_short_after_its_job_was_made_is_finished_by_intake_recovery(web, monkeypatch):
-    import daemon.intake
+    import daemon.intake.ingest
 
     def disk_full(src, dest):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(daemon.intake, "move", disk_full)
+    monkeypatch.setattr(daemon.intake.ingest, "move", disk_full)
     assert post_job(web, "storm.png").status_code == 500
     job = web.queue.recent(1)[0]
     assert job.state == JobState.INTAKE and Path(job.source_image).is_file()  # staged files kept for recovery

@@ -13,7 +13,7 @@ import requests
 
 from conftest import make_settings
 from daemon.errors import ConfigError
-from daemon.models import JobState
+from daemon.db.tables import JobState
 from daemon.web.server import make_server
 from test_web_api import finished_job, post_job
 from web_support import TOKEN, web, web_factory  # noqa: F401 (fixtures)

@@ -7,12 +7,12 @@ import pytest
 from cluster import Cluster
 from conftest import daemon_env, wait_for
 from daemon import metrics
-from daemon.db import make_engine, session_factory, upgrade
+from daemon.db.engine import make_engine, session_factory, upgrade
 from daemon.events import kinds
-from daemon.events.log import EventLog
+from daemon.events.outbox import EventLog
 from daemon.events.webhooks import WebhookSender, backoff_seconds, sign
-from daemon.models import WebhookDelivery
-from daemon.queue import JobQueue, NewJob
+from daemon.db.tables import WebhookDelivery
+from daemon.jobs.queue import JobQueue, NewJob
 from daemon.settings import Settings
 from webhook_support import Receiver, free_port
 
@@ -143,7 +143,7 @@ def test_two_daemons_deliver_each_event_once(database_url, tmp_path):
 
 
 def test_doctor_reports_bad_and_unreachable_urls(tmp_path):
-    from daemon.doctor import check_webhooks
+    from daemon.service.doctor import check_webhooks
 
     receiver = Receiver().start()
     dead = f"http://127.0.0.1:{free_port()}/hook"

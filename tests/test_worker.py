@@ -11,7 +11,7 @@ import time
 
 from conftest import daemon_env, drop_pair, make_queue, make_settings, probe, wait_for
 from daemon.files import TEMP_PREFIX
-from daemon.models import JobState
+from daemon.db.tables import JobState
 
 LONG = {"steps": 150}  # ~20 s on a CPU core: long enough to act while it runs
 

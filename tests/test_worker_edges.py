@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from conftest import daemon_env, make_queue, make_settings, wait_for
-from daemon.models import JobState, utcnow
-from daemon.recovery import recover_jobs
+from daemon.db.tables import JobState, utcnow
+from daemon.jobs.recovery import recover_jobs
 from jobs_support import queued_job
 
 

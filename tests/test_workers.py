@@ -7,9 +7,9 @@ import time
 
 from cluster import status, worker_rows
 from conftest import daemon_env
-from daemon.db import make_engine, session_factory, upgrade
-from daemon.queue import JobQueue, NewJob
-from daemon.workers import Identity, WorkerRegistry
+from daemon.db.engine import make_engine, session_factory, upgrade
+from daemon.jobs.queue import JobQueue, NewJob
+from daemon.worker.registry import Identity, WorkerRegistry
 
 LEASE = 0.6
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import make_queue, make_settings, wait_for
-from daemon.db import make_engine, session_factory
-from daemon.queue import JobQueue
+from daemon.db.engine import make_engine, session_factory
+from daemon.jobs.queue import JobQueue
 from daemon.settings import Settings
 from daemon.web.server import make_server, url_of
 

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon.events.retention import prune, prune_progress
 from daemon.logs import get_logger
 from daemon.settings import Settings
-from daemon.supervisor import PeriodicTask
+from daemon.periodic import PeriodicTask
 
 log = get_logger("i2vd.events")
 

@@ -17,8 +17,8 @@ from sqlalchemy import Integer, String, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.events.log import EventRecord
-from daemon.models import Event, UtcDateTime, WebhookDelivery, WebhookEndpoint, utcnow
+from daemon.events.outbox import EventRecord
+from daemon.db.tables import Event, UtcDateTime, WebhookDelivery, WebhookEndpoint, utcnow
 
 FAN_OUT_BATCH = 500  # events turned into delivery rows per pass
 

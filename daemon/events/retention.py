@@ -11,7 +11,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.events import kinds
-from daemon.models import Event, Job, JobState, utcnow
+from daemon.db.tables import Event, Job, JobState, utcnow
 
 FINISHED = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 PROGRESS_KEPT = timedelta(hours=1)  # a running job's progress events; its end deletes them sooner

@@ -27,12 +27,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon import __version__, metrics
 from daemon.events.deliveries import DeliveryStore, Due
 from daemon.events.kinds import matching_types
-from daemon.events.log import EventRecord
+from daemon.events.outbox import EventRecord
 from daemon.logs import get_logger
-from daemon.models import utcnow
-from daemon.queue import worker_identity
+from daemon.db.tables import utcnow
+from daemon.jobs.queue import worker_identity
 from daemon.settings import Settings
-from daemon.supervisor import PeriodicTask
+from daemon.periodic import PeriodicTask
 
 log = get_logger("i2vd.webhooks")
 

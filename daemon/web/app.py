@@ -20,12 +20,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from daemon import __version__
 from daemon.errors import InputRejected
 from daemon.logs import get_logger
-from daemon.models import Job, JobState
-from daemon.queue import JobQueue
+from daemon.db.tables import Job, JobState
+from daemon.jobs.queue import JobQueue
 from daemon.settings import Settings, split_host_port
-from daemon.sidecar import PRESETS, Sidecar
-from daemon.web import catalog
-from daemon.web.catalog import JobFilter
+from daemon.intake.sidecar import PRESETS, Sidecar
+from daemon.web import queries
+from daemon.web.queries import JobFilter
 from daemon.web.security import (SESSION_COOKIE, UNSAFE_METHODS, BodyLimit, Gate, SecurityHeaders, cross_site,
                                  host_allowed)
 from daemon.web.stream import EventLogFeed, event_stream
@@ -154,14 +154,14 @@ def create_app(settings: Settings, sessions: sessionmaker[Session],
     # -- pages ----------------------------------------------------------------------------------
 
     def queue_context() -> dict:
-        running = catalog.jobs_in(sessions, (JobState.RUNNING,), 50)
+        running = queries.jobs_in(sessions, (JobState.RUNNING,), 50)
         return {
             "running": running,
-            "waiting": catalog.waiting_jobs(sessions),
-            "finished": catalog.jobs_in(sessions, catalog.FINISHED, 10),
+            "waiting": queries.waiting_jobs(sessions),
+            "finished": queries.jobs_in(sessions, queries.FINISHED, 10),
             "counts": queue.counts(),
-            "workers": catalog.workers(sessions, running, settings.lease_seconds),
-            "eta": catalog.eta_seconds,
+            "workers": queries.workers(sessions, running, settings.lease_seconds),
+            "eta": queries.eta_seconds,
         }
 
     def form_context() -> dict:
@@ -205,10 +205,10 @@ def create_app(settings: Settings, sessions: sessionmaker[Session],
     def results_page(request: Request, q: str = "", state: str = "succeeded", model: str = "", page: int = 1):
         flt = JobFilter(prompt=q.strip()[:200], state=JobState(state) if state in set(JobState) else None,
                         model=model.strip()[:200], page=page)
-        listing = catalog.list_jobs(sessions, flt)
-        media = {job.id: {k: catalog.media_file(job, k) is not None for k in ("poster", "preview")}
+        listing = queries.list_jobs(sessions, flt)
+        media = {job.id: {k: queries.media_file(job, k) is not None for k in ("poster", "preview")}
                  for job in listing.jobs}
-        rejected = catalog.rejected_inputs(sessions) if state in ("failed", "") else []
+        rejected = queries.rejected_inputs(sessions) if state in ("failed", "") else []
         return templates.TemplateResponse(request, "results.html", {
             "listing": listing, "filter": flt, "state": state, "media": media, "rejected": rejected})
 
@@ -222,8 +222,8 @@ def create_app(settings: Settings, sessions: sessionmaker[Session],
         return templates.TemplateResponse(request, "_job_status.html", job_context(_job(job_id)))
 
     def job_context(job: Job) -> dict:
-        data = catalog.job_json(job, queue.position(job), detail=True)
-        return {"job": job, "data": data, "eta": catalog.eta_seconds}
+        data = queries.job_json(job, queue.position(job), detail=True)
+        return {"job": job, "data": data, "eta": queries.eta_seconds}
 
     @pages.post("/jobs/{job_id}/cancel")
     async def cancel_form(request: Request, job_id: int):
@@ -269,15 +269,15 @@ def create_app(settings: Settings, sessions: sessionmaker[Session],
 
     @api.get("/jobs", summary="Jobs, newest first; search by prompt, filter by state and model")
     def api_jobs(q: str = "", state: JobState | None = None, model: str = "", page: int = 1):
-        listing = catalog.list_jobs(sessions, JobFilter(prompt=q.strip(), state=state, model=model.strip(),
+        listing = queries.list_jobs(sessions, JobFilter(prompt=q.strip(), state=state, model=model.strip(),
                                                         page=page))
-        return {"jobs": [catalog.job_json(j) for j in listing.jobs], "total": listing.total,
+        return {"jobs": [queries.job_json(j) for j in listing.jobs], "total": listing.total,
                 "page": listing.page, "pages": listing.pages}
 
     @api.get("/jobs/{job_id}", summary="One job: parameters, progress, attempts, metadata")
     def api_job(job_id: int):
         job = _job(job_id)
-        return catalog.job_json(job, queue.position(job), detail=True)
+        return queries.job_json(job, queue.position(job), detail=True)
 
     @api.post("/jobs/{job_id}/cancel", summary="Cancel a queued job, or stop a running one at its next step")
     def api_cancel(job_id: int):
@@ -296,14 +296,14 @@ def create_app(settings: Settings, sessions: sessionmaker[Session],
 
     @api.get("/workers", summary="The daemons: host, GPU, device, alive")
     def api_workers():
-        return {"workers": catalog.workers(sessions, queue.running(), settings.lease_seconds)}
+        return {"workers": queries.workers(sessions, queue.running(), settings.lease_seconds)}
 
     def media_route(kind: str):
         def serve(job_id: int, download: bool = False):
-            path = catalog.media_file(_job(job_id), kind)
+            path = queries.media_file(_job(job_id), kind)
             if path is None:
                 raise WebError(404, "not_found", f"Job {job_id} has no {kind}.")
-            media_type = "video/mp4" if kind == "video" else catalog.MEDIA_TYPES[path.suffix.lower()]
+            media_type = "video/mp4" if kind == "video" else queries.MEDIA_TYPES[path.suffix.lower()]
             return FileResponse(path, media_type=media_type,
                                 content_disposition_type="attachment" if download else "inline",
                                 filename=path.name)

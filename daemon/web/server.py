@@ -8,7 +8,7 @@ from types import FrameType
 
 import uvicorn
 
-from daemon.db import make_engine, session_factory, upgrade
+from daemon.db.engine import make_engine, session_factory, upgrade
 from daemon.errors import ConfigError
 from daemon.logs import get_logger
 from daemon.settings import Settings, split_host_port

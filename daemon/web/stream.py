@@ -11,7 +11,7 @@ import anyio
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.requests import Request
 
-from daemon.events.log import EventLog, EventRecord
+from daemon.events.outbox import EventLog, EventRecord
 
 POLL_SECONDS = 0.5  # one indexed query (id > cursor) per connection and interval
 KEEPALIVE_SECONDS = 15.0  # a comment line now and then, so proxies keep an idle stream open

@@ -20,12 +20,12 @@ from typing import BinaryIO
 
 from daemon.errors import InputRejected
 from daemon.files import unique_stem
-from daemon.images import IMAGE_SUFFIXES, check_image
-from daemon.intake import Intake
-from daemon.models import Job
-from daemon.queue import JobQueue, NewJob
+from daemon.intake.images import IMAGE_SUFFIXES, check_image
+from daemon.intake.ingest import Intake
+from daemon.db.tables import Job
+from daemon.jobs.queue import JobQueue, NewJob
 from daemon.settings import Settings
-from daemon.sidecar import Sidecar, params_for, parse_sidecar
+from daemon.intake.sidecar import Sidecar, params_for, parse_sidecar
 
 WEB_DIR = "web"  # inbox/done/web/: where web uploads are kept, beside the dropped pairs' done/ files
 COPY_CHUNK = 1024 * 1024

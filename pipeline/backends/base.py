@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import numpy
     import PIL.Image
 
-    from pipeline.loader import Placement
+    from pipeline.runtime import Placement
     from pipeline.params import GenerationParams
 
 LADDER_RUNGS = ("vae_slicing", "cpu_offload", "sequential_offload", "fewer_frames", "lower_resolution")
@@ -146,7 +146,7 @@ def from_pretrained(pipeline_class, model: str, placement: Placement, *, try_fp1
     """`pipeline_class.from_pretrained` on a hub id or local folder, with one clear error line."""
     import torch
 
-    from pipeline.loader import quiet_libraries
+    from pipeline.runtime import quiet_libraries
 
     quiet_libraries()
     if looks_like_path(model):

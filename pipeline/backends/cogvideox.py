@@ -79,7 +79,7 @@ class Backend:
             CogVideoXTransformer3DModel,
         )
 
-        from pipeline.loader import quiet_libraries
+        from pipeline.runtime import quiet_libraries
         from pipeline.tiny_text import TEXT_DIM, build_t5_encoder, build_t5_tokenizer
 
         quiet_libraries()

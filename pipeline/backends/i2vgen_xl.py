@@ -71,7 +71,7 @@ class Backend:
             CLIPVisionModelWithProjection,
         )
 
-        from pipeline.loader import quiet_libraries
+        from pipeline.runtime import quiet_libraries
         from pipeline.tiny import build_tokenizer
 
         quiet_libraries()

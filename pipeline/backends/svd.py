@@ -71,7 +71,7 @@ class Backend:
         )
         from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-        from pipeline.loader import quiet_libraries
+        from pipeline.runtime import quiet_libraries
 
         quiet_libraries()
         torch.manual_seed(0)

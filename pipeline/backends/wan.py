@@ -69,7 +69,7 @@ class Backend:
             WanTransformer3DModel,
         )
 
-        from pipeline.loader import quiet_libraries
+        from pipeline.runtime import quiet_libraries
         from pipeline.tiny_text import TEXT_DIM, build_t5_tokenizer, build_umt5_encoder
 
         quiet_libraries()

@@ -13,26 +13,26 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import __version__, logs, metrics
-from daemon.catalog import ModelCatalog, ServedModel
-from daemon.db import cannot_write, make_engine, session_factory, sqlite_path, unwritable_reason, upgrade
+from daemon.models.catalog import ModelCatalog, ServedModel
+from daemon.db.engine import cannot_write, make_engine, session_factory, sqlite_path, unwritable_reason, upgrade
 from daemon.errors import I2vdError
 from daemon.events.background import EventServices
-from daemon.intake import Intake
+from daemon.intake.ingest import Intake
 from daemon.logs import get_logger
 from daemon.metrics import MetricsServer
-from daemon.models import JobState
-from daemon.notify import Notifier, StartupKeepalive
-from daemon.queue import JobQueue
-from daemon.recovery import recover_jobs, sweep_outputs
-from daemon.reload import reload_settings
+from daemon.db.tables import JobState
+from daemon.service.notify import Notifier, StartupKeepalive
+from daemon.jobs.queue import JobQueue
+from daemon.jobs.recovery import recover_jobs, sweep_outputs
+from daemon.service.reload import reload_settings
 from daemon.settings import Settings, describe_error, split_host_port
-from daemon.watcher import choose_mode, filesystem_type, needs_polling, start_observer
-from daemon.workers import WorkerRegistry, this_process
+from daemon.intake.watcher import choose_mode, filesystem_type, needs_polling, start_observer
+from daemon.worker.registry import WorkerRegistry, this_process
 
 if TYPE_CHECKING:
-    from daemon.pool import LoadedModel, ModelPool
-    from daemon.worker import Worker
-    from pipeline.loader import Placement
+    from daemon.models.pool import LoadedModel, ModelPool
+    from daemon.worker.runner import Worker
+    from pipeline.runtime import Placement
 
 log = get_logger("i2vd.service")
 
@@ -43,7 +43,7 @@ STATUS_INTERVAL = 1.0  # seconds between STATUS= updates to systemd (sent only w
 
 def load_generator(settings: Settings, placement: Placement, model: ServedModel) -> LoadedModel:
     """Load one served model; a tiny smoke-test model is built on first use."""
-    from daemon.pool import LoadedModel
+    from daemon.models.pool import LoadedModel
     from pipeline.backends import cached_revision, get_backend
     from pipeline.generate import VideoGenerator
     from pipeline.tiny import ensure_tiny_model
@@ -70,7 +70,7 @@ def load_generator(settings: Settings, placement: Placement, model: ServedModel)
 
 def load_models(settings: Settings, placement: Placement, catalog: ModelCatalog) -> ModelPool:
     """The worker's model pool, with the default model loaded now (a broken setup fails at start)."""
-    from daemon.pool import ModelPool
+    from daemon.models.pool import ModelPool
 
     pool = ModelPool(catalog, lambda model: load_generator(settings, placement, model),
                      str(placement.device), settings.max_loaded_models)
@@ -138,7 +138,7 @@ class Daemon:
                     metrics_server = self._start_metrics(queue, None)
                     metrics.info.info({"version": __version__, "role": "intake"})
                 else:
-                    from pipeline.loader import resolve_placement
+                    from pipeline.runtime import resolve_placement
 
                     placement = resolve_placement(s.device, s.dtype)
                     # Before the load: a taken port fails fast.
@@ -202,7 +202,7 @@ class Daemon:
         intake.scan()
         worker = worker_thread = registry = None
         if pool is not None:
-            from daemon.worker import Worker
+            from daemon.worker.runner import Worker
 
             registry = WorkerRegistry(sessions, this_process(), s.lease_seconds)
             worker = Worker(s, queue, pool, registry.register(pool.device, catalog.names))

@@ -16,7 +16,7 @@ from pipeline.backends.base import BackendRules
 from pipeline.params import INTERPOLATION_FACTORS, GenerationParams
 
 if TYPE_CHECKING:
-    from daemon.catalog import ModelCatalog, ServedModel
+    from daemon.models.catalog import ModelCatalog, ServedModel
     from daemon.settings import Settings
 
 MAX_SIDECAR_BYTES = 64 * 1024

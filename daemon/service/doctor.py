@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Literal
 
 from daemon.settings import Settings, split_host_port
-from daemon.units import UNIT_DIRS, installed_units, this_executable
-from daemon.watcher import choose_mode, filesystem_type, needs_polling
+from daemon.service.units import UNIT_DIRS, installed_units, this_executable
+from daemon.intake.watcher import choose_mode, filesystem_type, needs_polling
 
 GIB = 1024**3
 MIB = 1024**2
@@ -164,7 +164,7 @@ def _check_weights(settings: Settings, source) -> Finding:
 
 
 def check_database(settings: Settings) -> list[Finding]:
-    from daemon.db import make_engine, schema_revision, sqlite_path, unwritable_reason
+    from daemon.db.engine import make_engine, schema_revision, sqlite_path, unwritable_reason
 
     db_file = sqlite_path(settings.database_url)
     if db_file is not None and not db_file.exists():
@@ -196,7 +196,7 @@ def check_database(settings: Settings) -> list[Finding]:
 def _known_revision(revision: str) -> bool:
     from alembic.script import ScriptDirectory
 
-    from daemon.db import MIGRATIONS_DIR
+    from daemon.db.engine import MIGRATIONS_DIR
 
     return any(r.revision == revision for r in ScriptDirectory(str(MIGRATIONS_DIR)).walk_revisions())
 

@@ -11,8 +11,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.events import kinds
-from daemon.models import Event, Job, JobState, utcnow
-from daemon.workers import is_alive, recent_workers
+from daemon.db.tables import Event, Job, JobState, utcnow
+from daemon.worker.registry import is_alive, recent_workers
 
 PAGE_SIZE = 24
 WAITING = (JobState.INTAKE, JobState.QUEUED)

@@ -15,11 +15,11 @@ from pydantic import ValidationError
 from daemon import __version__
 from daemon.errors import I2vdError, InputRejected
 from daemon.files import publish, temp_path, unique_stem
-from daemon.images import is_image_name
-from daemon.models import Job, JobState, utcnow
-from daemon.catalog import ModelCatalog
+from daemon.intake.images import is_image_name
+from daemon.db.tables import Job, JobState, utcnow
+from daemon.models.catalog import ModelCatalog
 from daemon.settings import Settings, describe_error, load_settings, split_host_port
-from daemon.sidecar import PRESETS, params_for, parse_sidecar
+from daemon.intake.sidecar import PRESETS, params_for, parse_sidecar
 from pipeline.errors import ModelUnavailable
 
 
@@ -138,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_run(settings: Settings, args) -> int:
     from daemon import logs
-    from daemon.service import Daemon
+    from daemon.service.daemon import Daemon
 
     logs.configure(settings.log_file, settings.log_level, max_bytes=settings.log_max_bytes,
                    backup_count=settings.log_backup_count)
@@ -202,7 +202,7 @@ def _image_problem(image: Path) -> str | None:
 
 def _name_problem(stem: str, suffix: str) -> str | None:
     """Why intake would never see `stem` as a pair in the inbox itself, if it would not."""
-    from daemon.intake import is_temporary_name
+    from daemon.intake.ingest import is_temporary_name
 
     if not stem or stem in (".", "..") or any(c in stem for c in "/\\") or not stem.isprintable():
         return "must be a plain file name: no '/', '\\' or control characters"
@@ -244,7 +244,7 @@ def _write_pair(image: Path, sidecar: bytes, image_dest: Path, sidecar_dest: Pat
 
 
 def _sessions(settings: Settings):
-    from daemon.db import make_engine, schema_revision, session_factory, sqlite_path
+    from daemon.db.engine import make_engine, schema_revision, session_factory, sqlite_path
 
     db_file = sqlite_path(settings.database_url)
     if db_file is not None and not db_file.exists():  # reading must not leave an empty database behind
@@ -258,15 +258,15 @@ def _sessions(settings: Settings):
 
 
 def _queue(settings: Settings):
-    from daemon.queue import JobQueue
+    from daemon.jobs.queue import JobQueue
 
     return JobQueue(_sessions(settings))
 
 
 def cmd_status(settings: Settings, args) -> int:
-    from daemon.queue import JobQueue
+    from daemon.jobs.queue import JobQueue
 
-    from daemon.intake import lone_halves
+    from daemon.intake.ingest import lone_halves
 
     sessions = _sessions(settings)
     queue = JobQueue(sessions)
@@ -290,7 +290,7 @@ def cmd_status(settings: Settings, args) -> int:
 
 
 def _status_text(queue, sessions, limit: int, lease_seconds: float) -> str:
-    from daemon.workers import lease_note, recent_workers, unserved_lines, worker_lines
+    from daemon.worker.registry import lease_note, recent_workers, unserved_lines, worker_lines
 
     counts = queue.counts()
     lines = ["  ".join(f"{state.value}: {counts[state]}" for state in JobState)]
@@ -400,7 +400,7 @@ def cmd_jobs_show(settings: Settings, args) -> int:
 
 
 def cmd_db_upgrade(settings: Settings, _args) -> int:
-    from daemon.db import make_engine, schema_revision, upgrade
+    from daemon.db.engine import make_engine, schema_revision, upgrade
 
     engine = make_engine(settings.database_url)
     upgrade(engine)
@@ -423,13 +423,13 @@ def cmd_web(settings: Settings, args) -> int:
 
 
 def cmd_doctor(settings: Settings, _args) -> int:
-    from daemon.doctor import report, run_checks
+    from daemon.service.doctor import report, run_checks
 
     return report(run_checks(settings))
 
 
 def cmd_install_systemd(settings: Settings, args) -> int:
-    from daemon.units import SYSTEMD_DIR, install_units
+    from daemon.service.units import SYSTEMD_DIR, install_units
 
     for path in install_units(settings, args.output, inbox=args.inbox, outputs=args.outputs):
         print(f"wrote {path}")
@@ -447,7 +447,7 @@ EVENTS_FOLLOW_INTERVAL = 0.5  # seconds between looks for new events
 
 def cmd_events(settings: Settings, args) -> int:
     from daemon.events.kinds import EVENT_TYPES, matching_types
-    from daemon.events.log import EventLog
+    from daemon.events.outbox import EventLog
 
     events = EventLog(_sessions(settings))
     types = set(matching_types(args.type)) if args.type else None

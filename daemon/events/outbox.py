@@ -19,7 +19,7 @@ from datetime import datetime
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.models import Event, utcnow
+from daemon.db.tables import Event, utcnow
 
 EVENT_WRITE_LOCK_KEY = 0x69327665  # "i2ve": serialises event inserts on PostgreSQL until commit
 

@@ -18,9 +18,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.logs import get_logger
-from daemon.models import Job, WorkerRecord, utcnow
-from daemon.queue import worker_identity
-from daemon.supervisor import PeriodicTask
+from daemon.db.tables import Job, WorkerRecord, utcnow
+from daemon.jobs.queue import worker_identity
+from daemon.periodic import PeriodicTask
 
 log = get_logger("i2vd.workers")
 

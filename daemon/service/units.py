@@ -12,7 +12,7 @@ from pathlib import Path
 from daemon.errors import I2vdError
 from daemon.settings import Settings
 
-SYSTEMD_DIR = Path(__file__).resolve().parent.parent / "systemd"
+SYSTEMD_DIR = Path(__file__).resolve().parents[2] / "systemd"
 UNIT_NAMES = ("i2vd.service", "i2vd@.service", "i2vd-web.service")
 UNIT_DIRS = (Path("/etc/systemd/system"), Path("/usr/local/lib/systemd/system"),
              Path("/usr/lib/systemd/system"), Path("/lib/systemd/system"))

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from daemon import metrics
-from daemon.catalog import ModelCatalog, ServedModel
+from daemon.models.catalog import ModelCatalog, ServedModel
 from daemon.logs import get_logger
 from pipeline.generate import VideoGenerator
 from pipeline.oom import free_memory, is_oom

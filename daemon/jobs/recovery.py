@@ -7,9 +7,9 @@ import socket
 from pathlib import Path
 
 from daemon.logs import get_logger
-from daemon.models import utcnow
-from daemon.outputs import OutputPaths, discard_set, finish_set, sweep_temporaries
-from daemon.queue import JobQueue
+from daemon.db.tables import utcnow
+from daemon.jobs.outputs import OutputPaths, discard_set, finish_set, sweep_temporaries
+from daemon.jobs.queue import JobQueue
 
 log = get_logger("i2vd.recovery")
 

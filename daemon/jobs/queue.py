@@ -21,8 +21,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.events import kinds
-from daemon.events.log import record_event
-from daemon.models import Attempt, Event, Job, JobState, utcnow
+from daemon.events.outbox import record_event
+from daemon.db.tables import Attempt, Event, Job, JobState, utcnow
 
 PROGRESS_EVENT_INTERVAL = 1.0  # seconds: at most one job.progress event a second per job (phases always)
 

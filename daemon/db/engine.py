@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.errors import ConfigError
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "alembic"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "alembic"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # A daemon needs four connections at once (intake loop, worker, job heartbeat, worker heartbeat).
 # Keeping no more open lets ~20 daemons share PostgreSQL's default max_connections of 100;

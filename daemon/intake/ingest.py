@@ -28,15 +28,15 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from daemon import __version__, metrics
 from daemon.errors import InputRejected
-from daemon.catalog import ModelCatalog
+from daemon.models.catalog import ModelCatalog
 from daemon.files import TEMP_PREFIX, move, unique_stem, write_json_atomic
-from daemon.images import check_image, is_image_name
+from daemon.intake.images import check_image, is_image_name
 from daemon.logs import get_logger
-from daemon.models import JobState, utcnow
-from daemon.queue import JobQueue, NewJob
+from daemon.db.tables import JobState, utcnow
+from daemon.jobs.queue import JobQueue, NewJob
 from daemon.settings import Settings
-from daemon.sidecar import Sidecar, params_for, parse_sidecar
-from daemon.watcher import ARRIVED, CLOSED, WRITTEN, InboxEvent
+from daemon.intake.sidecar import Sidecar, params_for, parse_sidecar
+from daemon.intake.watcher import ARRIVED, CLOSED, WRITTEN, InboxEvent
 
 log = get_logger("i2vd.intake")
 

@@ -14,16 +14,16 @@ from pathlib import Path
 
 from daemon import __version__, metrics
 from daemon.errors import InputRejected, LadderExhausted
-from daemon.images import load_rgb
+from daemon.intake.images import load_rgb
 from daemon.logs import get_logger
-from daemon.models import Job, utcnow
-from daemon.outputs import (POSTER, PREVIEW, RAW_VIDEO, VIDEO, OutputName, OutputPaths, StagedOutputs,
+from daemon.db.tables import Job, utcnow
+from daemon.jobs.outputs import (POSTER, PREVIEW, RAW_VIDEO, VIDEO, OutputName, OutputPaths, StagedOutputs,
                             discard_set, finish_set)
-from daemon.queue import JobQueue, worker_identity
-from daemon.retry import RetryPolicy
-from daemon.pool import LoadedModel, ModelPool
+from daemon.jobs.queue import JobQueue, worker_identity
+from daemon.jobs.retry import RetryPolicy
+from daemon.models.pool import LoadedModel, ModelPool
 from daemon.settings import Settings
-from daemon.supervisor import PeriodicTask
+from daemon.periodic import PeriodicTask
 from pipeline.backends.base import Progress
 from pipeline.errors import EncodeError, GenerationInterrupted
 from pipeline.oom import OomLadder, Rung, free_memory, is_oom, peak_memory_bytes
