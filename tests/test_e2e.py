@@ -7,7 +7,9 @@ import re
 import subprocess
 import sys
 
-from conftest import daemon_env, drop_pair, make_queue, make_settings, probe, wait_for, write_image
+from support.daemons import daemon_env, make_queue, make_settings, wait_for
+
+from support.files import drop_pair, probe, write_image
 from daemon.db.tables import JobState
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from daemon import files
 from daemon.files import move, publish
-from tmpfs_support import tmpfs
+from support.tmpfs import tmpfs
 
 
 @pytest.fixture

@@ -8,15 +8,15 @@ import time
 import pytest
 from structlog.testing import capture_logs
 
-from conftest import wait_for
+from support.daemons import wait_for
 from daemon.db.engine import session_factory, upgrade
 from daemon.db.tables import JobState
 from daemon.jobs.queue import JobQueue
 from daemon.jobs.recovery import recover_jobs
 from daemon.periodic import Backoff, PeriodicTask
 from daemon.worker.runner import _Heartbeat
-from jobs_support import queued_job
-from outage_support import engine_for_outages, outage
+from support.jobs import queued_job
+from support.outage import engine_for_outages, outage
 
 OWNER = "gpu-host:4242"
 
