@@ -14,7 +14,13 @@ $(BIN)/python:
 $(BIN)/i2vd: pyproject.toml constraints.txt | $(BIN)/python
 	@# Only where no torch is importable: 2.13.0 (a CPU wheel here; CUDA wheels on a GPU machine).
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "torch==$(TORCH_VERSION)"
-	@# The versions the tests last passed with (torch excepted: whatever the host has).
+	@# The versions the tests last passed with (torch excepted: whatever the host has). Runtime only:
+	@# the test tools come with `make test`.
+	$(BIN)/pip install -c constraints.txt -e .
+	touch $@
+
+# The test tools (pytest, a PostgreSQL driver, requests, Playwright for the system chromium, mypy).
+$(VENV)/.test-tools: pyproject.toml constraints.txt $(BIN)/i2vd
 	$(BIN)/pip install -c constraints.txt -e ".[test]"
 	touch $@
 
@@ -25,11 +31,11 @@ demo: $(BIN)/i2vd
 	cp examples/lighthouse.png examples/lighthouse.json inbox/
 	I2VD_MODEL=tiny I2VD_SETTLE_SECONDS=1 $(BIN)/i2vd run
 
-test: $(BIN)/i2vd
+test: $(VENV)/.test-tools
 	$(BIN)/python -m pytest
 
 # After the tests pass with new versions: record them. torch and what only torch needs stay the host's.
-constraints: $(BIN)/i2vd
+constraints: $(VENV)/.test-tools
 	{ echo "# pip freeze of a venv the tests passed in, minus torch and its own dependencies (\`make constraints\`)."; \
 	  $(BIN)/pip freeze --local --exclude-editable | grep -vE '^#|^-e ' \
 	  | grep -viE '^(torch|triton|sympy|mpmath|networkx|nvidia-[a-z0-9-]+|i2vd)=='; } > constraints.txt

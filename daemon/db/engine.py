@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.errors import ConfigError
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "alembic"
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"  # a link to the repository's alembic/; a copy in the wheel
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # A daemon needs four connections at once (intake loop, worker, job heartbeat, worker heartbeat).
 # Keeping no more open lets ~20 daemons share PostgreSQL's default max_connections of 100;
@@ -76,7 +76,7 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 def alembic_config(engine: Engine) -> Config:
     if not MIGRATIONS_DIR.is_dir():
-        raise FileNotFoundError(f"alembic migrations not found at {MIGRATIONS_DIR}; install i2vd from its source tree")
+        raise FileNotFoundError(f"alembic migrations not found at {MIGRATIONS_DIR}; reinstall i2vd")
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["engine"] = engine

@@ -12,7 +12,8 @@ from pathlib import Path
 from daemon.errors import I2vdError
 from daemon.settings import Settings
 
-SYSTEMD_DIR = Path(__file__).resolve().parents[2] / "systemd"
+SYSTEMD_DIR = Path(__file__).parent / "systemd"  # a link to the repository's systemd/; a copy in the wheel
+README = SYSTEMD_DIR.resolve().parent / "README.md"  # the repository's; an install from the wheel has none
 UNIT_NAMES = ("i2vd.service", "i2vd@.service", "i2vd-web.service")
 UNIT_DIRS = (Path("/etc/systemd/system"), Path("/usr/local/lib/systemd/system"),
              Path("/usr/lib/systemd/system"), Path("/lib/systemd/system"))
@@ -43,8 +44,9 @@ def render(text: str, *, executable: Path, inbox: Path, outputs: Path, stop_grac
         if not path.is_absolute() or _UNSAFE.search(str(path)):
             raise I2vdError(f"{path}: unit paths must be absolute, without spaces, quotes, '%', '$' or "
                             "backslashes; use a symlink without them")
-    text = (text.replace(SHIPPED_EXECUTABLE, str(executable))
-            .replace(SHIPPED_README, str(SYSTEMD_DIR.parent / "README.md"))
+    readme = f"Documentation=file://{README}\n" if README.is_file() else ""
+    text = (text.replace(f"Documentation=file://{SHIPPED_README}\n", readme)
+            .replace(SHIPPED_EXECUTABLE, str(executable))
             .replace(SHIPPED_INBOX, str(inbox))
             .replace(SHIPPED_OUTPUTS, str(outputs)))
     stop_timeout = math.ceil(stop_grace_seconds + STOP_MARGIN_SECONDS)
