@@ -20,6 +20,8 @@ from daemon.db.tables import Job, JobState, utcnow
 from daemon.models.catalog import ModelCatalog
 from daemon.settings import Settings, describe_error, load_settings, split_host_port
 from daemon.intake.sidecar import PRESETS, params_for, parse_sidecar
+from daemon.jobs.errors import QueueError
+from daemon.jobs.queue import RETRYABLE_STATES
 from pipeline.errors import ModelUnavailable
 
 
@@ -35,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         status = args.func(settings, args)
         sys.stdout.flush()  # here, where a closed pipe can still be handled, not at interpreter exit
         return status
+    except QueueError as exc:  # the request was understood, the queue said no
+        print(f"i2vd: {exc}", file=sys.stderr)
+        return 1
     except (ModelUnavailable, I2vdError) as exc:
         print(f"i2vd: {exc}", file=sys.stderr)
         return 2
@@ -344,12 +349,12 @@ def cmd_cancel(settings: Settings, args) -> int:
 
 
 def cmd_retry(settings: Settings, args) -> int:
-    try:
-        job = _queue(settings).retry(args.job_id)
-    except (LookupError, ValueError) as exc:
-        print(f"i2vd: {exc}", file=sys.stderr)
-        return 1
-    print(f"job {job.id} queued (retry of {args.job_id})")
+    job = _queue(settings).retry(args.job_id, ModelCatalog.from_settings(settings))
+    if job.state == JobState.QUEUED:
+        print(f"job {job.id} queued (retry of {args.job_id})")
+    else:  # retried before: that retry is the answer, whatever became of it
+        again = f"; `i2vd retry {job.id}` queues it again" if job.state in RETRYABLE_STATES else ""
+        print(f"job {args.job_id} was retried as job {job.id}, now {job.state.value}{again}")
     return 0
 
 

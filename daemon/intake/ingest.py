@@ -28,6 +28,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from daemon import __version__, metrics
 from daemon.errors import InputRejected
+from daemon.jobs.codes import ErrorCode
 from daemon.models.catalog import ModelCatalog
 from daemon.files import TEMP_PREFIX, move, unique_stem, write_json_atomic
 from daemon.intake.images import check_image, is_image_name
@@ -239,7 +240,7 @@ class Intake:
             names = ", ".join(sorted(p.name for p in paths))
             self._finish(paths)
             self._reject(_Pair(directory, stem, None, None), InputRejected(
-                "ambiguous_pair", f"Several files share the name {stem!r} ({names}); i2vd cannot tell "
+                ErrorCode.AMBIGUOUS_PAIR, f"Several files share the name {stem!r} ({names}); i2vd cannot tell "
                 "which image belongs to the sidecar.", hint="Give each image its own name."), paths)
             return settle
         pair = _Pair(directory, stem, images[0] if images else None, sidecars[0] if sidecars else None)
@@ -259,11 +260,11 @@ class Intake:
             self._ingest(pair)
         elif pair.image:
             self._reject(pair, InputRejected(
-                "missing_sidecar", f"{pair.image.name} waited {timeout:g} s for {stem}.json, which never came.",
+                ErrorCode.MISSING_SIDECAR, f"{pair.image.name} waited {timeout:g} s for {stem}.json, which never came.",
                 hint=self._case_hint(pair) or f"Drop {stem}.json with at least a prompt, or configure default_prompt."))
         else:
             self._reject(pair, InputRejected(
-                "missing_image", f"{pair.sidecar.name} waited {timeout:g} s for its image "
+                ErrorCode.MISSING_IMAGE, f"{pair.sidecar.name} waited {timeout:g} s for its image "
                 f"({stem}.png/.jpg/.jpeg/.webp), which never came.",
                 hint=self._case_hint(pair) or "Drop the image under the same name as the sidecar."))
         return settle
@@ -324,7 +325,7 @@ class Intake:
         error = shown(f"{type(exc).__name__}: {exc}")
         try:
             self._reject(_Pair(directory, stem, None, None), InputRejected(
-                "internal_error", f"i2vd failed {attempt} times on these files: {error}",
+                ErrorCode.INTERNAL_ERROR, f"i2vd failed {attempt} times on these files: {error}",
                 hint="Not a fault of the files as far as i2vd can tell: the log has the details "
                      "(intake_error). Drop them again once the cause is fixed."), tracked)
         except Exception:
@@ -392,10 +393,10 @@ class Intake:
             return Sidecar(prompt=self.settings.default_prompt)
         path = pair.sidecar
         if path.is_symlink() and not self.settings.follow_symlinks:
-            raise InputRejected("symlink", f"{path.name} is a symbolic link; i2vd does not follow links.",
+            raise InputRejected(ErrorCode.SYMLINK, f"{path.name} is a symbolic link; i2vd does not follow links.",
                                 hint="Copy the file itself into the inbox, or set follow_symlinks.")
         if not stat.S_ISREG(os.stat(path).st_mode):  # a directory, or a FIFO that would block the read
-            raise InputRejected("not_a_file", f"{path.name} is not a regular file.",
+            raise InputRejected(ErrorCode.NOT_A_FILE, f"{path.name} is not a regular file.",
                                 hint="Drop the sidecar as a plain JSON file.")
         with open(path, "rb") as fh:
             raw = fh.read(64 * 1024 + 1)
@@ -409,8 +410,8 @@ class Intake:
                 if src is not None:
                     move(path_from_text(src), Path(dest))
         except FileNotFoundError:
-            self.queue.fail(job.id, "inputs_vanished", "The inputs disappeared from the inbox during intake.")
-            log.warning("job_failed", job_id=job.id, error_code="inputs_vanished")
+            self.queue.fail(job.id, ErrorCode.INPUTS_VANISHED, "The inputs disappeared from the inbox during intake.")
+            log.warning("job_failed", job_id=job.id, error_code=ErrorCode.INPUTS_VANISHED)
             return
         if self.queue.mark_queued(job.id):
             self.stats.queued += 1

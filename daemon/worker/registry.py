@@ -19,8 +19,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.logs import get_logger
 from daemon.db.tables import Job, WorkerRecord, utcnow
-from daemon.jobs.queue import worker_identity
 from daemon.periodic import PeriodicTask
+from daemon.process import worker_identity
 
 log = get_logger("i2vd.workers")
 
