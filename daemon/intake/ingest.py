@@ -30,13 +30,16 @@ from daemon.intake.watcher import InboxEvent
 from daemon.jobs.codes import ErrorCode
 from daemon.jobs.queue import JobQueue, NewJob
 from daemon.logs import get_logger
-from daemon.db.tables import JobState, utcnow
+from daemon.db.tables import Job, JobState, utcnow
 from daemon.models.catalog import ModelCatalog
 from daemon.settings import Settings
 
 log = get_logger("i2vd.intake")
 
 MAX_ATTEMPTS = 3  # unexpected errors on one pair before it goes to failed/ as internal_error
+# Pairs queued per two transactions (jobs made, jobs released): a big drop costs a few commits, not
+# two per pair (bench/intake_rate.py), while the first jobs reach the workers without waiting for the rest.
+BATCH_SIZE = 100
 # The database is away (down, locked, pool exhausted): no pair's fault, so never counted against one.
 DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError)
 
@@ -60,6 +63,8 @@ class Intake:
         self.tracker = ReadinessTracker(settings)
         self._attempts: dict[tuple[Path, str], int] = {}  # unexpected errors per (folder, stem)
         self._names_by_folded: dict[tuple[Path, str], list[str]] = {}  # tracked names by case-folded stem
+        self._pending: list[tuple[Pair, NewJob]] = []  # taken, validated, not in the database yet
+        self._pending_names: set[Path] = set()  # their names in done/
 
     def notify(self, event: InboxEvent | str | Path) -> None:
         """Called from the watcher thread: something happened at a path."""
@@ -95,6 +100,9 @@ class Intake:
             except Exception as exc:  # one pair must not stop the others
                 due = self._attempt_failed(directory, stem, paths, exc)
             next_due = min(next_due, due)
+            if len(self._pending) >= BATCH_SIZE:
+                self._queue_pending()
+        self._queue_pending()
         return next_due
 
     def _take_group(self, directory: Path, stem: str, paths: list[Path], now: float) -> float:
@@ -210,7 +218,11 @@ class Intake:
         # Names i2vd makes are valid text, whatever bytes the dropped names hold.
         done_dir = self.settings.done_dir / safe_name(str(rel_dir))
         stem = safe_name(pair.stem)
-        base = unique_stem(done_dir, stem, [p.suffix for p in pair.files])
+        suffixes = [p.suffix for p in pair.files]
+        base = unique_stem(done_dir, stem, suffixes)
+        if any(done_dir / f"{base}{suffix}" in self._pending_names for suffix in suffixes):
+            self._queue_pending()  # a pair waiting to be moved holds that name: move it, then choose again
+            base = unique_stem(done_dir, stem, suffixes)
         new = NewJob(
             idempotency_key=key,
             params=params.to_dict(),
@@ -223,23 +235,56 @@ class Intake:
             image_path=str(done_dir / f"{base}{pair.image.suffix}"),
             sidecar_path=str(done_dir / f"{base}{pair.sidecar.suffix}") if pair.sidecar else None,
         )
-        # No lookup first: the insert itself tells a known key (one database round trip less per pair).
-        while not (created := self.queue.create(new))[1]:
-            known = created[0]
+        self._pending.append((pair, new))
+        self._pending_names.update(done_dir / f"{base}{suffix}" for suffix in suffixes)
+
+    def _queue_pending(self) -> None:
+        """Queue the pairs taken so far: one transaction makes their jobs, the moves follow, one releases them."""
+        pending, self._pending = self._pending, []
+        self._pending_names.clear()
+        if not pending:
+            return
+        try:
+            # No lookup first: the insert itself tells a known key (one database round trip less per pair).
+            made = self.queue.create_many([new for _, new in pending])
+        except Exception as exc:  # the database, most likely: each pair is tried again
+            for pair, _ in pending:
+                self._attempt_failed(pair.directory, pair.stem, pair.files, exc)
+            return
+        moved: list[tuple[Pair, Job]] = []
+        for (pair, new), (job, created) in zip(pending, made, strict=True):
+            try:
+                job = job if created else self._after_known(pair, new, job)
+                if job is not None and self._move_inputs(job):
+                    moved.append((pair, job))
+            except Exception as exc:  # one pair must not stop the others
+                self._attempt_failed(pair.directory, pair.stem, pair.files, exc)
+        try:
+            self._release([job for _, job in moved])
+        except Exception as exc:  # their files are in done/ already: recover() releases the jobs later
+            for pair, _ in moved:
+                self._attempt_failed(pair.directory, pair.stem, pair.files, exc)
+
+    def _after_known(self, pair: Pair, new: NewJob, known: Job) -> Job | None:
+        """The job for files whose key a job has already; None when the files are that job's."""
+        key = new.idempotency_key
+        while True:
             if known.state == JobState.INTAKE:
                 # Another daemon is moving the files right now, or a crash left this intake half
                 # done: recover() finishes it. Either way these files are that job's.
-                return
+                return None
             # That job's intake is over, so its files left the inbox before its state changed:
             # files with the same identity here now were put back (`mv done/x.* .`). That is a
             # new request, under a key derived from the old job, the same in every daemon.
             try:
                 if idempotency_key(self.settings.inbox_dir, pair.files) != key:
-                    return  # changed meanwhile: judged again once settled
+                    return None  # changed meanwhile: judged again once settled
             except FileNotFoundError:
-                return
+                return None
             new = replace(new, idempotency_key=_key_after(new.idempotency_key, known.id))
-        self.complete(created[0])
+            known, created = self.queue.create(new)
+            if created:
+                return known
 
     def _symlink_allowed(self, path: Path) -> bool:
         return self.settings.follow_symlinks and path.is_symlink()
@@ -258,8 +303,13 @@ class Intake:
             raw = fh.read(64 * 1024 + 1)
         return parse_sidecar(raw)
 
-    def complete(self, job) -> None:
+    def complete(self, job: Job) -> None:
         """Move a job's inputs into done/ and release it to the workers; safe to repeat."""
+        if self._move_inputs(job):
+            self._release([job])
+
+    def _move_inputs(self, job: Job) -> bool:
+        """Move a job's inputs into done/; False (and the job failed) when they vanished meanwhile."""
         moves = [(job.source_image, job.image_path), (job.source_sidecar, job.sidecar_path)]
         try:
             for src, dest in moves:
@@ -268,12 +318,19 @@ class Intake:
         except FileNotFoundError:
             self.queue.fail(job.id, ErrorCode.INPUTS_VANISHED, "The inputs disappeared from the inbox during intake.")
             log.warning("job_failed", job_id=job.id, error_code=ErrorCode.INPUTS_VANISHED)
-            return
-        if self.queue.mark_queued(job.id):
-            self.stats.queued += 1
-            log.info("job_queued", job_id=job.id, image=shown(path_from_text(job.source_image).name),
-                     sidecar=shown(path_from_text(job.source_sidecar).name) if job.source_sidecar else None,
-                     priority=job.priority)
+            return False
+        return True
+
+    def _release(self, jobs: list[Job]) -> None:
+        """intake -> queued for jobs whose inputs are in done/, in one transaction; wake the worker."""
+        queued = set(self.queue.mark_queued_many([job.id for job in jobs]))
+        for job in jobs:
+            if job.id in queued:
+                self.stats.queued += 1
+                log.info("job_queued", job_id=job.id, image=shown(path_from_text(job.source_image).name),
+                         sidecar=shown(path_from_text(job.source_sidecar).name) if job.source_sidecar else None,
+                         priority=job.priority)
+        if queued:
             self.on_queued()
 
     def recover(self, older_than: timedelta | None = None) -> None:

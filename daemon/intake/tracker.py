@@ -78,13 +78,8 @@ class ReadinessTracker:
             dirty, self._dirty = self._dirty, set()
             arrived, self._arrived = self._arrived, set()
         for path in dirty:
-            if path.is_dir() and not path.is_symlink() and not is_input_name(path.name):
-                if not is_ignored(self.settings, path):
-                    self._scan_dir(path)
-            else:
-                self._observe(path)
-                if path in arrived and (seen := self._seen.get(path)) is not None:
-                    seen.whole = True
+            if self._observe(path, walk=True) and path in arrived:
+                self._seen[path].whole = True
         for path in list(self._seen):
             if path not in dirty:
                 self._observe(path)
@@ -137,14 +132,20 @@ class ReadinessTracker:
             for name in files:
                 self._observe(Path(root) / name)
 
-    def _observe(self, path: Path) -> None:
-        if is_ignored(self.settings, path) or not is_input_name(path.name):
-            return
+    def _observe(self, path: Path, walk: bool = False) -> bool:
+        """Stat `path` and track it if it may be an input; True when it is tracked. With `walk`, a
+        folder not named like an input (created or moved in) is walked instead."""
+        if (not walk and not is_input_name(path.name)) or is_ignored(self.settings, path):
+            return False
         try:
             st = os.lstat(path)
         except FileNotFoundError:
             self._seen.pop(path, None)
-            return
+            return False
+        if not is_input_name(path.name):
+            if stat.S_ISDIR(st.st_mode):
+                self._scan_dir(path)
+            return False
         signature = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode)
         now = time.monotonic()
         seen = self._seen.get(path)
@@ -156,6 +157,7 @@ class ReadinessTracker:
             seen.signature, seen.changed_at, seen.checks, seen.whole = signature, now, 1, False
         else:
             seen.checks += 1
+        return True
 
     def _not_ready_for(self, path: Path, now: float) -> float | None:
         seen, settle = self._seen[path], self.settings.settle_seconds

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import case, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.events import kinds
-from daemon.events.outbox import record_event
+from daemon.events.outbox import record_event, record_events
 from daemon.db.tables import Attempt, Event, Job, JobState, utcnow
 from daemon.jobs.errors import JobNotFound, KeyConflict, ModelNotServed, NotRetryable
 from daemon.process import worker_identity  # noqa: F401 - worker/runner.py and events/webhooks.py import it from here
@@ -77,18 +78,34 @@ class JobQueue:
 
     def create(self, new: NewJob) -> tuple[Job, bool]:
         """Insert a job in state intake; (existing job, False) when its key is already known."""
+        return self.create_many([new])[0]
+
+    def create_many(self, news: Sequence[NewJob]) -> list[tuple[Job, bool]]:
+        """`create` for many jobs in one transaction (a big drop is queued in batches); in their order.
+
+        One INSERT ... ON CONFLICT DO NOTHING RETURNING: a known key is no error, only a row not returned.
+        """
+        if not news:
+            return []
         with self._sessions() as s:
-            job = Job(state=JobState.INTAKE, **new.__dict__)
-            s.add(job)
-            try:
-                s.commit()
-                return job, True
-            except IntegrityError:
-                s.rollback()
-        existing = self.by_key(new.idempotency_key)
-        if existing is None:  # the conflicting row vanished again; let the caller retry later
-            raise KeyConflict(f"job with key {new.idempotency_key} conflicted but is gone")
-        return existing, False
+            insert = postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
+            made = dict(s.execute(
+                insert(Job.__table__).on_conflict_do_nothing(index_elements=[Job.idempotency_key])
+                .returning(Job.idempotency_key, Job.id),
+                [{"state": JobState.INTAKE, **new.__dict__} for new in news],
+            ).all())
+            s.commit()
+            known = {job.idempotency_key: job for job in s.scalars(select(Job).where(
+                Job.idempotency_key.in_([n.idempotency_key for n in news if n.idempotency_key not in made])))}
+        results = []
+        for new in news:
+            if new.idempotency_key in made:
+                results.append((Job(id=made[new.idempotency_key], state=JobState.INTAKE, **new.__dict__), True))
+            elif new.idempotency_key in known:
+                results.append((known[new.idempotency_key], False))
+            else:  # the conflicting row vanished again; let the caller retry later
+                raise KeyConflict(f"job with key {new.idempotency_key} conflicted but is gone")
+        return results
 
     def by_key(self, key: str) -> Job | None:
         with self._sessions() as s:
@@ -96,16 +113,22 @@ class JobQueue:
 
     def mark_queued(self, job_id: int) -> bool:
         """intake -> queued; False when the job had already left intake."""
+        return bool(self.mark_queued_many([job_id]))
+
+    def mark_queued_many(self, job_ids: Sequence[int]) -> list[int]:
+        """intake -> queued for many jobs in one transaction; the ids that were still in intake."""
+        if not job_ids:
+            return []
         with self._sessions() as s:
-            job = s.execute(
-                update(Job).where(Job.id == job_id, Job.state == JobState.INTAKE).values(state=JobState.QUEUED)
-                .returning(Job.output_stem, Job.source_image, Job.source_sidecar, Job.priority, Job.params)
-            ).one_or_none()
-            if job is not None:
-                record_event(s, kinds.JOB_QUEUED, job_id, _queued_data(
-                    job.output_stem, job.source_image, job.source_sidecar, job.priority, job.params))
+            jobs = sorted(s.execute(
+                update(Job).where(Job.id.in_(job_ids), Job.state == JobState.INTAKE).values(state=JobState.QUEUED)
+                .returning(Job.id, Job.output_stem, Job.source_image, Job.source_sidecar, Job.priority, Job.params)
+                .execution_options(synchronize_session=False)
+            ).all())
+            record_events(s, [(kinds.JOB_QUEUED, job.id, _queued_data(
+                job.output_stem, job.source_image, job.source_sidecar, job.priority, job.params)) for job in jobs])
             s.commit()
-            return job is not None
+            return [job.id for job in jobs]
 
     def record_rejection(self, code: str, message: str, files: list[str], *, hint: str | None = None,
                          folder: str = "", error_file: str | None = None) -> None:

@@ -148,3 +148,14 @@ def test_queue_position_follows_claim_order_within_the_model_and_after_back_offs
     assert positions == [1, 2, 3]
     assert queue.position(queue.get(job.id)) == 1  # alone among its model's jobs
     assert [queue.claim("w", 60, models=["tiny"]).id for _ in range(2)] == [first, second]
+
+
+def test_create_many_makes_the_new_and_names_the_known_in_order(dirs):
+    queue = make_queue(make_settings(dirs))
+    known, _ = queue.create(new_job("known"))
+    made = queue.create_many([new_job("a"), new_job("known"), new_job("b")])
+    assert [created for _, created in made] == [True, False, True]
+    assert made[1][0].id == known.id
+    assert [queue.get(job.id).output_stem for job, _ in made] == ["a", "known", "b"]
+    assert queue.mark_queued_many([job.id for job, _ in made]) == sorted(job.id for job, _ in made)
+    assert queue.mark_queued_many([known.id]) == []  # released once
