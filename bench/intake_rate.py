@@ -85,7 +85,9 @@ def drop(images: list[Path], args: argparse.Namespace, *, intake_only: bool) -> 
             (scratch.staging / f"p{i:05d}.json").write_text(json.dumps({**sidecar, "seed": i}))
         inbox, done = scratch.inbox / args.folder, scratch.done / args.folder
         inbox.mkdir(exist_ok=True)
-        with Daemon(scratch, observer="inotify", settle_seconds=args.settle, **daemon_kind) as daemon:
+        # Any free metrics port: other daemons and benches on this machine may hold the default one.
+        with Daemon(scratch, observer="inotify", settle_seconds=args.settle, metrics_address="127.0.0.1:0",
+                    **daemon_kind) as daemon:
             daemon.wait_ready()
             time.sleep(2)  # let start-up settle
             before, threads_before = sample(daemon.pid), thread_cpu(daemon.pid)
