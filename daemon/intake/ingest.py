@@ -254,9 +254,9 @@ class Intake:
         moved: list[tuple[Pair, Job]] = []
         for (pair, new), (job, created) in zip(pending, made, strict=True):
             try:
-                job = job if created else self._after_known(pair, new, job)
-                if job is not None and self._move_inputs(job):
-                    moved.append((pair, job))
+                taken = job if created else self._after_known(pair, new, job)
+                if taken is not None and self._move_inputs(taken):
+                    moved.append((pair, taken))
             except Exception as exc:  # one pair must not stop the others
                 self._attempt_failed(pair.directory, pair.stem, pair.files, exc)
         try:
