@@ -84,6 +84,7 @@ class JobQueue:
         """`create` for many jobs in one transaction (a big drop is queued in batches); in their order.
 
         One INSERT ... ON CONFLICT DO NOTHING RETURNING: a known key is no error, only a row not returned.
+        Rows go in key order, so two daemons inserting the same batch wait for each other, never deadlock.
         """
         if not news:
             return []
@@ -92,7 +93,7 @@ class JobQueue:
             made = dict(s.execute(
                 insert(Job.__table__).on_conflict_do_nothing(index_elements=[Job.idempotency_key])
                 .returning(Job.idempotency_key, Job.id),
-                [{"state": JobState.INTAKE, **new.__dict__} for new in news],
+                [{"state": JobState.INTAKE, **new.__dict__} for new in sorted(news, key=lambda n: n.idempotency_key)],
             ).all())
             s.commit()
             known = {job.idempotency_key: job for job in s.scalars(select(Job).where(
