@@ -96,8 +96,9 @@ class JobQueue:
                 [{"state": JobState.INTAKE, **new.__dict__} for new in sorted(news, key=lambda n: n.idempotency_key)],
             ).all())
             s.commit()
-            known = {job.idempotency_key: job for job in s.scalars(select(Job).where(
-                Job.idempotency_key.in_([n.idempotency_key for n in news if n.idempotency_key not in made])))}
+            missing = [n.idempotency_key for n in news if n.idempotency_key not in made]
+            known = {job.idempotency_key: job for job in s.scalars(
+                select(Job).where(Job.idempotency_key.in_(missing)))} if missing else {}
         results = []
         for new in news:
             if new.idempotency_key in made:
