@@ -27,9 +27,9 @@ import numpy as np
 
 from bench.harness import CACHE, Daemon, Scratch, event_time, footer, header, sample, thread_cpu, write_image
 
-TARGET_RATE = 200  # pairs/s
+TARGET_RATE = 500  # pairs/s (issue 21)
 MB = 1e6
-TARGET_RSS = 300 * MB
+TARGET_RSS = 150 * MB  # the intake-only daemon's; the one-process daemon's RSS is the model stack's
 
 
 def cached_images(count: int):
@@ -62,9 +62,9 @@ def main(argv: list[str] | None = None) -> int:
 
     figures = []
     for kind, (rate, peak) in results.items():
-        verdict = "meets" if rate >= TARGET_RATE and peak < TARGET_RSS else "misses"
+        verdict = "meets" if rate >= TARGET_RATE and (peak < TARGET_RSS or kind == "one-process") else "misses"
         figures.append(f"{kind} {rate:.0f} pairs/s, peak RSS {peak / MB:.0f} MB ({verdict})")
-    footer(f"intake rate: {'; '.join(figures)}; targets >= {TARGET_RATE} pairs/s, < {TARGET_RSS / MB:.0f} MB")
+    footer(f"intake rate: {'; '.join(figures)}; targets >= {TARGET_RATE} pairs/s, intake-only < {TARGET_RSS / MB:.0f} MB")
     return 0
 
 
@@ -85,7 +85,9 @@ def drop(images: list[Path], args: argparse.Namespace, *, intake_only: bool) -> 
             (scratch.staging / f"p{i:05d}.json").write_text(json.dumps({**sidecar, "seed": i}))
         inbox, done = scratch.inbox / args.folder, scratch.done / args.folder
         inbox.mkdir(exist_ok=True)
-        with Daemon(scratch, observer="inotify", settle_seconds=args.settle, **daemon_kind) as daemon:
+        # Any free metrics port: other daemons and benches on this machine may hold the default one.
+        with Daemon(scratch, observer="inotify", settle_seconds=args.settle, metrics_address="127.0.0.1:0",
+                    **daemon_kind) as daemon:
             daemon.wait_ready()
             time.sleep(2)  # let start-up settle
             before, threads_before = sample(daemon.pid), thread_cpu(daemon.pid)

@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
 
     latencies: dict[str, list[float]] = {way: [] for way in WAYS}
     with Scratch("pickup") as scratch, \
-            Daemon(scratch, parked_worker=True, observer="inotify", settle_seconds=args.settle) as daemon:
+            Daemon(scratch, parked_worker=True, observer="inotify", settle_seconds=args.settle,
+                   metrics_address="127.0.0.1:0") as daemon:  # any free port: the default may be taken
         daemon.wait_ready()
         time.sleep(2)
         for i, data in enumerate(images):

@@ -16,10 +16,12 @@ from daemon import __version__
 from daemon.errors import I2vdError, InputRejected
 from daemon.files import publish, temp_path, unique_stem
 from daemon.intake.images import is_image_name
-from daemon.db.tables import Job, JobState, utcnow
+from daemon.db.tables import Job, JobState
 from daemon.models.catalog import ModelCatalog
 from daemon.settings import Settings, describe_error, load_settings, split_host_port
 from daemon.intake.sidecar import PRESETS, params_for, parse_sidecar
+from daemon.jobs.errors import QueueError
+from daemon.jobs.queue import RETRYABLE_STATES
 from pipeline.errors import ModelUnavailable
 
 
@@ -35,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         status = args.func(settings, args)
         sys.stdout.flush()  # here, where a closed pipe can still be handled, not at interpreter exit
         return status
+    except QueueError as exc:  # the request was understood, the queue said no
+        print(f"i2vd: {exc}", file=sys.stderr)
+        return 1
     except (ModelUnavailable, I2vdError) as exc:
         print(f"i2vd: {exc}", file=sys.stderr)
         return 2
@@ -202,7 +207,7 @@ def _image_problem(image: Path) -> str | None:
 
 def _name_problem(stem: str, suffix: str) -> str | None:
     """Why intake would never see `stem` as a pair in the inbox itself, if it would not."""
-    from daemon.intake.ingest import is_temporary_name
+    from daemon.intake.inbox import is_temporary_name
 
     if not stem or stem in (".", "..") or any(c in stem for c in "/\\") or not stem.isprintable():
         return "must be a plain file name: no '/', '\\' or control characters"
@@ -264,19 +269,14 @@ def _queue(settings: Settings):
 
 
 def cmd_status(settings: Settings, args) -> int:
+    from daemon.cli.status import status_text
     from daemon.jobs.queue import JobQueue
-
-    from daemon.intake.ingest import lone_halves
 
     sessions = _sessions(settings)
     queue = JobQueue(sessions)
 
     def text() -> str:
-        # Counted on disk, not asked of the daemons: every daemon sees the same inbox, an
-        # intake-only one included, and the files are the truth (README: status).
-        first, _, rest = _status_text(queue, sessions, args.limit, settings.lease_seconds).partition("\n")
-        waiting = lone_halves(settings)
-        return "\n".join(filter(None, [first, f"waiting for its other half: {waiting}" if waiting else "", rest]))
+        return status_text(queue, sessions, settings, args.limit)
 
     if not args.watch:
         print(text())
@@ -289,42 +289,13 @@ def cmd_status(settings: Settings, args) -> int:
         return 0
 
 
-def _status_text(queue, sessions, limit: int, lease_seconds: float) -> str:
-    from daemon.worker.registry import lease_note, recent_workers, unserved_lines, worker_lines
-
-    counts = queue.counts()
-    lines = ["  ".join(f"{state.value}: {counts[state]}" for state in JobState)]
-    running, now = queue.running(), utcnow()
-    for job in running:
-        lines.append(f"running #{job.id} {job.output_stem}: {progress_line(job)}, on {job.lease_owner}"
-                     f"{lease_note(job, now)}")
-    known = recent_workers(sessions, now)
-    lines += unserved_lines(queue.queued_by_model(), known, now, lease_seconds)
-    workers = worker_lines(known, running, now, lease_seconds)
-    if workers:
-        lines += ["", *workers]
-    jobs = queue.recent(limit)
-    if jobs:
-        lines.append(f"\n{'ID':>5}  {'STATE':<10} {'NAME':<28} {'CREATED (UTC)':<20} RESULT")
-    for job in jobs:
-        lines.append(f"{job.id:>5}  {job.state.value:<10} {job.output_stem[:28]:<28} "
-                     f"{job.created_at:%Y-%m-%d %H:%M:%S}  {_result(job)[:80]}")
-    return "\n".join(lines)
-
-
-def _result(job: Job) -> str:
-    if job.state == JobState.SUCCEEDED and job.output_path:
-        return Path(job.output_path).name
-    if job.run_after and job.state == JobState.QUEUED:
-        return f"retry after {job.run_after:%H:%M:%S}"
-    return job.error_message or ""
-
-
 def cmd_jobs_list(settings: Settings, args) -> int:
+    from daemon.cli.status import result
+
     for job in _queue(settings).recent(args.limit):
         tries = ", ".join(f"{a.number}:{a.rung}={a.outcome or 'running'}" for a in job.attempts) or "-"
         linked = f" (retry of #{job.retried_from_id})" if job.retried_from_id else ""
-        print(f"#{job.id} {job.state.value:<10} {job.output_stem}{linked}  attempts [{tries}]  {_result(job)}")
+        print(f"#{job.id} {job.state.value:<10} {job.output_stem}{linked}  attempts [{tries}]  {result(job)}")
     return 0
 
 
@@ -344,27 +315,13 @@ def cmd_cancel(settings: Settings, args) -> int:
 
 
 def cmd_retry(settings: Settings, args) -> int:
-    try:
-        job = _queue(settings).retry(args.job_id)
-    except (LookupError, ValueError) as exc:
-        print(f"i2vd: {exc}", file=sys.stderr)
-        return 1
-    print(f"job {job.id} queued (retry of {args.job_id})")
+    job = _queue(settings).retry(args.job_id, ModelCatalog.from_settings(settings))
+    if job.state == JobState.QUEUED:
+        print(f"job {job.id} queued (retry of {args.job_id})")
+    else:  # retried before: that retry is the answer, whatever became of it
+        again = f"; `i2vd retry {job.id}` queues it again" if job.state in RETRYABLE_STATES else ""
+        print(f"job {args.job_id} was retried as job {job.id}, now {job.state.value}{again}")
     return 0
-
-
-def progress_line(job: Job, width: int = 30) -> str:
-    """A progress bar with an ETA measured from the job's start (not its queueing)."""
-    if not job.progress_total:
-        return job.phase or "starting"
-    step, total = job.progress_step or 0, job.progress_total
-    filled = int(width * step / total)
-    bar = "#" * filled + "-" * (width - filled)
-    eta = ""
-    if step and job.started_at:
-        elapsed = (utcnow() - job.started_at).total_seconds()
-        eta = f" ETA {elapsed / step * (total - step):.0f}s"
-    return f"{job.phase} [{bar}] {step}/{total}{eta}"
 
 
 def cmd_jobs_show(settings: Settings, args) -> int:

@@ -47,9 +47,18 @@ def record_event(session: Session, type: str, job_id: int | None, data: dict) ->
 
     Call it last in the transaction: on PostgreSQL it holds the event lock from here to the commit.
     """
+    record_events(session, [(type, job_id, data)])
+
+
+def record_events(session: Session, events: Iterable[tuple[str, int | None, dict]]) -> None:
+    """`record_event` for several (type, job_id, data) at once, in one INSERT (a batch of jobs queued)."""
+    rows = [{"type": type, "job_id": job_id, "payload": data, "created_at": utcnow()}
+            for type, job_id, data in events]
+    if not rows:
+        return
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": EVENT_WRITE_LOCK_KEY})
-    session.execute(insert(Event).values(type=type, job_id=job_id, payload=data, created_at=utcnow()))
+    session.execute(insert(Event.__table__), rows)
 
 
 class EventLog:

@@ -11,6 +11,7 @@ import PIL.Image
 import PIL.ImageOps
 
 from daemon.errors import InputRejected
+from daemon.jobs.codes import ErrorCode
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 FORMATS = ("PNG", "JPEG", "WEBP")
@@ -24,19 +25,19 @@ def check_image(path: Path, *, max_bytes: int, max_pixels: int) -> tuple[int, in
     """Validate a dropped image fully (header, size limits, complete decode); return (width, height)."""
     info = os.lstat(path)
     if stat.S_ISLNK(info.st_mode):
-        raise InputRejected("symlink", f"{path.name} is a symbolic link; i2vd does not follow links.",
+        raise InputRejected(ErrorCode.SYMLINK, f"{path.name} is a symbolic link; i2vd does not follow links.",
                             hint="Copy the file itself into the inbox, or set follow_symlinks.")
     if stat.S_ISDIR(info.st_mode):
-        raise InputRejected("not_a_file", f"{path.name} is a directory, not an image file.",
+        raise InputRejected(ErrorCode.NOT_A_FILE, f"{path.name} is a directory, not an image file.",
                             hint="Drop image files, not folders, under image names.")
     if not stat.S_ISREG(info.st_mode):
-        raise InputRejected("not_a_file", f"{path.name} is not a regular file.",
+        raise InputRejected(ErrorCode.NOT_A_FILE, f"{path.name} is not a regular file.",
                             hint="Drop a plain image file.")
     if info.st_size == 0:
-        raise InputRejected("empty_file", f"{path.name} is empty (0 bytes).",
+        raise InputRejected(ErrorCode.EMPTY_FILE, f"{path.name} is empty (0 bytes).",
                             hint="The copy may have failed; drop the file again.")
     if info.st_size > max_bytes:
-        raise InputRejected("image_too_large", f"{path.name} is {info.st_size} bytes; the limit is {max_bytes}.",
+        raise InputRejected(ErrorCode.IMAGE_TOO_LARGE, f"{path.name} is {info.st_size} bytes; the limit is {max_bytes}.",
                             hint="Shrink the image or raise max_image_bytes.")
     with warnings.catch_warnings():
         # Our own pixel limit decides below; Pillow still refuses outright beyond twice its own.
@@ -46,7 +47,7 @@ def check_image(path: Path, *, max_bytes: int, max_pixels: int) -> tuple[int, in
                 width, height = img.size
                 if width * height > max_pixels:
                     raise InputRejected(
-                        "image_too_many_pixels",
+                        ErrorCode.IMAGE_TOO_MANY_PIXELS,
                         f"{path.name} is {width}x{height} = {width * height} pixels; the limit is {max_pixels}.",
                         hint="Downscale the image or raise max_image_pixels.",
                     )
@@ -54,15 +55,15 @@ def check_image(path: Path, *, max_bytes: int, max_pixels: int) -> tuple[int, in
         except InputRejected:
             raise
         except PIL.Image.DecompressionBombError as exc:
-            raise InputRejected("image_too_many_pixels", f"{path.name} is too large to decode safely ({exc}).",
+            raise InputRejected(ErrorCode.IMAGE_TOO_MANY_PIXELS, f"{path.name} is too large to decode safely ({exc}).",
                                 hint="Downscale the image or raise max_image_pixels.") from None
         except FileNotFoundError:
             raise  # moved away meanwhile (another daemon took the pair): not a fault of the file
         except PIL.UnidentifiedImageError:
-            raise InputRejected("not_an_image", f"{path.name} is not a PNG, JPEG or WEBP image.",
+            raise InputRejected(ErrorCode.NOT_AN_IMAGE, f"{path.name} is not a PNG, JPEG or WEBP image.",
                                 hint="Check that the file really is an image and not renamed text.") from None
         except (OSError, SyntaxError, ValueError) as exc:
-            raise InputRejected("image_unreadable", f"{path.name} could not be decoded: {exc}.",
+            raise InputRejected(ErrorCode.IMAGE_UNREADABLE, f"{path.name} could not be decoded: {exc}.",
                                 hint="The file may be truncated; drop it again once fully copied.") from None
     return width, height
 

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from daemon.errors import InputRejected
+from daemon.jobs.codes import ErrorCode
+from daemon.jobs.errors import ModelNotServed
 from pipeline.backends.base import BackendRules
 from pipeline.params import INTERPOLATION_FACTORS, GenerationParams
 
@@ -98,41 +100,41 @@ def parse_sidecar(raw: bytes) -> Sidecar:
     """Decode and validate sidecar bytes; raise InputRejected naming what is wrong."""
     if len(raw) > MAX_SIDECAR_BYTES:
         raise InputRejected(
-            "sidecar_too_large",
+            ErrorCode.SIDECAR_TOO_LARGE,
             f"The sidecar is {len(raw)} bytes; the limit is {MAX_SIDECAR_BYTES}.",
             hint="A sidecar holds a prompt and a few parameters; check that the right file was dropped.",
         )
     if not raw.strip():
-        raise InputRejected("empty_file", "The sidecar is empty.",
+        raise InputRejected(ErrorCode.EMPTY_FILE, "The sidecar is empty.",
                             hint='A minimal sidecar is {"prompt": "waves rolling onto a beach"}.')
     try:
         data = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_unique_keys)
         # JSON allows escapes of half a character ("\ud800"); no text column or file name does.
         json.dumps(data, ensure_ascii=False).encode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputRejected("invalid_json", f"The sidecar is not UTF-8 text ({exc.reason}).",
+        raise InputRejected(ErrorCode.INVALID_JSON, f"The sidecar is not UTF-8 text ({exc.reason}).",
                             hint="Save the sidecar as UTF-8 JSON.") from None
     except UnicodeEncodeError:
-        raise InputRejected("invalid_json", "The sidecar holds a lone surrogate escape (\\ud800 to \\udfff), "
+        raise InputRejected(ErrorCode.INVALID_JSON, "The sidecar holds a lone surrogate escape (\\ud800 to \\udfff), "
                             "which is not a character.", hint="Save the sidecar as UTF-8 JSON.") from None
     except json.JSONDecodeError as exc:
         raise InputRejected(
-            "invalid_json",
+            ErrorCode.INVALID_JSON,
             f"The sidecar is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.",
             hint='A minimal sidecar is {"prompt": "waves rolling onto a beach"}.',
         ) from None
     except _DuplicateKey as exc:
-        raise InputRejected("invalid_json", f"The sidecar gives {exc.key!r} more than once.",
+        raise InputRejected(ErrorCode.INVALID_JSON, f"The sidecar gives {exc.key!r} more than once.",
                             hint="Keep one value for each field.") from None
     except ValueError:  # an integer longer than Python converts (sys.get_int_max_str_digits())
-        raise InputRejected("invalid_json", "The sidecar holds a number with too many digits to read.",
+        raise InputRejected(ErrorCode.INVALID_JSON, "The sidecar holds a number with too many digits to read.",
                             hint="Numbers in a sidecar are small: check seed, steps and the like.") from None
     except RecursionError:
-        raise InputRejected("invalid_json", "The sidecar nests arrays or objects too deeply to read.",
+        raise InputRejected(ErrorCode.INVALID_JSON, "The sidecar nests arrays or objects too deeply to read.",
                             hint='A sidecar is one flat object: {"prompt": "waves rolling onto a beach"}.') from None
     if not isinstance(data, dict):
         raise InputRejected(
-            "sidecar_not_object",
+            ErrorCode.SIDECAR_NOT_OBJECT,
             f"The sidecar must be a JSON object, not a JSON {type(data).__name__}.",
             hint='A minimal sidecar is {"prompt": "waves rolling onto a beach"}.',
         )
@@ -145,7 +147,7 @@ def parse_sidecar(raw: bytes) -> Sidecar:
         ]
         summary = "; ".join(f"{e['field']}: {e['message']}" for e in field_errors)
         raise InputRejected(
-            "invalid_sidecar",
+            ErrorCode.INVALID_SIDECAR,
             f"The sidecar has invalid fields: {summary}.",
             hint="See the sidecar fields in README.md.",
             field_errors=field_errors,
@@ -195,8 +197,7 @@ def route(sidecar: Sidecar, folder: PurePath, catalog: ModelCatalog) -> Route:
     if sidecar.model is not None:
         model = catalog.find(sidecar.model)
         if model is None:
-            raise _invalid([{"field": "model", "message": f"{sidecar.model!r} is not served here; served "
-                                                          f"models: {catalog.describe()}"}])
+            raise _invalid([{"field": "model", "message": str(ModelNotServed(sidecar.model, catalog.describe()))}])
     return Route(model, preset_part if preset_part in PRESETS else None)
 
 
@@ -287,6 +288,6 @@ def backend_errors(sidecar: Sidecar, params: GenerationParams, rules: BackendRul
 
 def _invalid(field_errors: list[dict]) -> InputRejected:
     summary = "; ".join(f"{e['field']}: {e['message']}" for e in field_errors)
-    return InputRejected("invalid_sidecar", f"The sidecar has invalid fields: {summary}.",
+    return InputRejected(ErrorCode.INVALID_SIDECAR, f"The sidecar has invalid fields: {summary}.",
                          hint="See the sidecar fields and the backends table in README.md.",
                          field_errors=field_errors)

@@ -6,36 +6,51 @@ a running job is fenced on its lease owner: a worker that lost its lease changes
 
 from __future__ import annotations
 
-import os
-import socket
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import case, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.events import kinds
-from daemon.events.outbox import record_event
+from daemon.events.outbox import record_event, record_events
 from daemon.db.tables import Attempt, Event, Job, JobState, utcnow
+from daemon.jobs.errors import JobNotFound, KeyConflict, ModelNotServed, NotRetryable
+from daemon.process import worker_identity  # noqa: F401 - worker/runner.py and events/webhooks.py import it from here
 
+if TYPE_CHECKING:
+    from daemon.models.catalog import ModelCatalog
+
+WAITING_STATES = (JobState.INTAKE, JobState.QUEUED)  # not started; priority may still change
+FINISHED_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)  # nothing happens to them any more
+RETRYABLE_STATES = (JobState.FAILED, JobState.CANCELLED)
 PROGRESS_EVENT_INTERVAL = 1.0  # seconds: at most one job.progress event a second per job (phases always)
-
-
-def worker_identity() -> str:
-    """host:pid of this process, recorded as lease owner and on attempts."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _queued_data(name: str, image: str, sidecar: str | None, priority: int, params: dict, **extra) -> dict:
     """The data of a job.queued event."""
     return {"name": name, "image": Path(image).name, "sidecar": Path(sidecar).name if sidecar else None,
             "priority": priority, "params": params, **extra}
+
+
+def claimable_at(now: datetime):
+    """A queued job may be claimed now: it waits for no retry back-off."""
+    return or_(Job.run_after.is_(None), Job.run_after <= now)
+
+
+def claim_order(models: Sequence[str] | None = None, loaded: Sequence[str] = ()) -> list:
+    """The ORDER BY of claims: priority, then (for a worker serving `models`) a `loaded` model's job, then arrival."""
+    order = [Job.priority.desc(), Job.id]
+    if models is not None:
+        order.insert(1, case((func.coalesce(Job.model, models[0]).in_(loaded), 0), else_=1))
+    return order
 
 
 @dataclass(frozen=True)
@@ -63,18 +78,36 @@ class JobQueue:
 
     def create(self, new: NewJob) -> tuple[Job, bool]:
         """Insert a job in state intake; (existing job, False) when its key is already known."""
+        return self.create_many([new])[0]
+
+    def create_many(self, news: Sequence[NewJob]) -> list[tuple[Job, bool]]:
+        """`create` for many jobs in one transaction (a big drop is queued in batches); in their order.
+
+        One INSERT ... ON CONFLICT DO NOTHING RETURNING: a known key is no error, only a row not returned.
+        Rows go in key order, so two daemons inserting the same batch wait for each other, never deadlock.
+        """
+        if not news:
+            return []
         with self._sessions() as s:
-            job = Job(state=JobState.INTAKE, **new.__dict__)
-            s.add(job)
-            try:
-                s.commit()
-                return job, True
-            except IntegrityError:
-                s.rollback()
-        existing = self.by_key(new.idempotency_key)
-        if existing is None:  # the conflicting row vanished again; let the caller retry later
-            raise RuntimeError(f"job with key {new.idempotency_key} conflicted but is gone")
-        return existing, False
+            insert = postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
+            made = dict(s.execute(
+                insert(Job.__table__).on_conflict_do_nothing(index_elements=[Job.idempotency_key])
+                .returning(Job.idempotency_key, Job.id),
+                [{"state": JobState.INTAKE, **new.__dict__} for new in sorted(news, key=lambda n: n.idempotency_key)],
+            ).all())
+            s.commit()
+            missing = [n.idempotency_key for n in news if n.idempotency_key not in made]
+            known = {job.idempotency_key: job for job in s.scalars(
+                select(Job).where(Job.idempotency_key.in_(missing)))} if missing else {}
+        results = []
+        for new in news:
+            if new.idempotency_key in made:
+                results.append((Job(id=made[new.idempotency_key], state=JobState.INTAKE, **new.__dict__), True))
+            elif new.idempotency_key in known:
+                results.append((known[new.idempotency_key], False))
+            else:  # the conflicting row vanished again; let the caller retry later
+                raise KeyConflict(f"job with key {new.idempotency_key} conflicted but is gone")
+        return results
 
     def by_key(self, key: str) -> Job | None:
         with self._sessions() as s:
@@ -82,16 +115,22 @@ class JobQueue:
 
     def mark_queued(self, job_id: int) -> bool:
         """intake -> queued; False when the job had already left intake."""
+        return bool(self.mark_queued_many([job_id]))
+
+    def mark_queued_many(self, job_ids: Sequence[int]) -> list[int]:
+        """intake -> queued for many jobs in one transaction; the ids that were still in intake."""
+        if not job_ids:
+            return []
         with self._sessions() as s:
-            job = s.execute(
-                update(Job).where(Job.id == job_id, Job.state == JobState.INTAKE).values(state=JobState.QUEUED)
-                .returning(Job.output_stem, Job.source_image, Job.source_sidecar, Job.priority, Job.params)
-            ).one_or_none()
-            if job is not None:
-                record_event(s, kinds.JOB_QUEUED, job_id, _queued_data(
-                    job.output_stem, job.source_image, job.source_sidecar, job.priority, job.params))
+            jobs = sorted(s.execute(
+                update(Job).where(Job.id.in_(job_ids), Job.state == JobState.INTAKE).values(state=JobState.QUEUED)
+                .returning(Job.id, Job.output_stem, Job.source_image, Job.source_sidecar, Job.priority, Job.params)
+                .execution_options(synchronize_session=False)
+            ).all())
+            record_events(s, [(kinds.JOB_QUEUED, job.id, _queued_data(
+                job.output_stem, job.source_image, job.source_sidecar, job.priority, job.params)) for job in jobs])
             s.commit()
-            return job is not None
+            return [job.id for job in jobs]
 
     def record_rejection(self, code: str, message: str, files: list[str], *, hint: str | None = None,
                          folder: str = "", error_file: str | None = None) -> None:
@@ -127,16 +166,12 @@ class JobQueue:
         """
         with self._sessions() as s:
             now = utcnow()
-            candidates = select(Job.id).where(
-                Job.state == JobState.QUEUED, or_(Job.run_after.is_(None), Job.run_after <= now))
-            order = [Job.priority.desc(), Job.id]
+            candidates = select(Job.id).where(Job.state == JobState.QUEUED, claimable_at(now))
             if models is not None:
-                model = func.coalesce(Job.model, models[0])
-                candidates = candidates.where(model.in_(models))
-                order.insert(1, case((model.in_(loaded), 0), else_=1))
+                candidates = candidates.where(func.coalesce(Job.model, models[0]).in_(models))
             next_id = (
                 candidates
-                .order_by(*order)
+                .order_by(*claim_order(models, loaded))
                 .limit(1)
                 .with_for_update(skip_locked=True)
                 .scalar_subquery()
@@ -305,35 +340,52 @@ class JobQueue:
         """Reorder a waiting job (higher runs first); False when it is no longer intake or queued."""
         with self._sessions() as s:
             result = s.execute(update(Job).values(priority=priority).where(
-                Job.id == job_id, Job.state.in_((JobState.INTAKE, JobState.QUEUED))))
+                Job.id == job_id, Job.state.in_(WAITING_STATES)))
             s.commit()
             return result.rowcount == 1
 
-    def mark_cancelled(self, job_id: int, owner: str) -> bool:
-        """running -> cancelled, once `owner`'s worker stopped the job on request."""
+    def mark_cancelled(self, job_id: int, owner: str, *, expired_before: datetime | None = None) -> bool:
+        """running -> cancelled, once `owner`'s worker stopped the job on request, or recovery found
+        that a cancel was requested before its worker died (then, as in `requeue`, `expired_before`)."""
         with self._sessions() as s:
-            result = s.execute(self._end(job_id, JobState.CANCELLED, owner))
+            q = self._end(job_id, JobState.CANCELLED, owner)
+            if expired_before is not None:
+                q = q.where(Job.lease_expires_at < expired_before)
+            result = s.execute(q)
             if result.rowcount == 1:
                 self._end_events(s, job_id, kinds.JOB_CANCELLED, {"while": "running"})
             s.commit()
             return result.rowcount == 1
 
-    def retry(self, job_id: int) -> Job:
-        """A new queued job with the same inputs and parameters, linked to the failed or cancelled one."""
+    def retry(self, job_id: int, catalog: ModelCatalog | None = None) -> Job:
+        """A new queued job with the same inputs and parameters, linked to the failed or cancelled one.
+
+        Idempotent: a job retried before returns its retry (a double click makes one job). With the
+        `catalog` of served models, a job whose model is no longer served is refused (it would wait forever).
+        """
         with self._sessions() as s:
             old = s.get(Job, job_id)
             if old is None:
-                raise LookupError(f"no job {job_id}")
-            if old.state not in (JobState.FAILED, JobState.CANCELLED):
-                raise ValueError(f"job {job_id} is {old.state.value}; only failed or cancelled jobs are retried")
+                raise JobNotFound(job_id)
+            earlier = s.scalars(select(Job).where(Job.retried_from_id == job_id).order_by(Job.id).limit(1)).first()
+            if earlier is not None:
+                return earlier
+            if old.state not in RETRYABLE_STATES:
+                raise NotRetryable(f"job {job_id} is {old.state.value}; only failed or cancelled jobs are retried")
+            if catalog is not None and old.model is not None and catalog.find(old.model) is None:
+                raise ModelNotServed(old.model, catalog.describe())
             job = Job(
-                state=JobState.QUEUED, priority=old.priority, idempotency_key=f"retry-{uuid.uuid4().hex}",
+                state=JobState.QUEUED, priority=old.priority, idempotency_key=f"retry-of-{old.id}",
                 params=old.params, model=old.model, output_stem=old.output_stem, output_subdir=old.output_subdir,
                 source_image=old.image_path, source_sidecar=old.sidecar_path, image_path=old.image_path,
                 sidecar_path=old.sidecar_path, retried_from_id=old.id,
             )
             s.add(job)
-            s.flush()
+            try:
+                s.flush()
+            except IntegrityError:  # a concurrent retry of the same job won: its job is the answer
+                s.rollback()
+                return s.scalars(select(Job).where(Job.idempotency_key == f"retry-of-{job_id}")).one()
             record_event(s, kinds.JOB_QUEUED, job.id, _queued_data(
                 job.output_stem, job.image_path, job.sidecar_path, job.priority, job.params, retry_of=old.id))
             s.commit()
@@ -369,14 +421,21 @@ class JobQueue:
             return s.get(Job, job_id)
 
     def position(self, job: Job) -> int | None:
-        """1 for the job claimed next, and so on, in claim order; None unless the job is queued."""
+        """1 for the job claimed next among its model's jobs, and so on; None unless the job is queued.
+
+        In claim order: the jobs claimable now first (a retry waiting out its back-off comes after
+        them), and only jobs of the same model, since a worker serving this one takes no other's.
+        """
         if job.state != JobState.QUEUED:
             return None
         with self._sessions() as s:
-            ahead = s.scalar(select(func.count()).select_from(Job).where(
-                Job.state == JobState.QUEUED,
-                or_(Job.priority > job.priority, (Job.priority == job.priority) & (Job.id < job.id))))
-        return ahead + 1
+            ranked = (
+                select(Job.id, func.row_number().over(order_by=[
+                    case((claimable_at(utcnow()), 0), else_=1), *claim_order()]).label("position"))
+                .where(Job.state == JobState.QUEUED, Job.model.is_not_distinct_from(job.model))
+                .subquery()
+            )
+            return s.scalar(select(ranked.c.position).where(ranked.c.id == job.id))
 
     def counts(self) -> dict[JobState, int]:
         with self._sessions() as s:

@@ -2,40 +2,23 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 from daemon.logs import get_logger
 from daemon.db.tables import utcnow
 from daemon.jobs.outputs import OutputPaths, discard_set, finish_set, sweep_temporaries
+from daemon.jobs.codes import ErrorCode
 from daemon.jobs.queue import JobQueue
+from daemon.process import is_dead_here
 
 log = get_logger("i2vd.recovery")
 
 
-def owner_is_dead(owner: str | None) -> bool:
-    """True when the lease owner is a process on this host that no longer exists."""
-    if not owner or ":" not in owner:
-        return False
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    if int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 def recover_jobs(queue: JobQueue, max_crash_attempts: int) -> list[int]:
     """Return abandoned running jobs to the queue, finish them if their output set was published
-    (or only its metadata's rename is missing; a set left partial is removed), or fail them as
-    poison when they have now crashed their worker `max_crash_attempts` times.
+    (or only its metadata's rename is missing; a set left partial is removed), cancel them if a
+    cancel was requested, or fail them as poison when they have now crashed their worker
+    `max_crash_attempts` times.
 
     Every daemon on every host runs this; a job running on another live host is never touched
     (its lease is renewed), and of two daemons recovering the same job only one wins; the winner
@@ -45,7 +28,7 @@ def recover_jobs(queue: JobQueue, max_crash_attempts: int) -> list[int]:
     recovered = []
     for job in queue.running():
         expired = job.lease_expires_at is not None and job.lease_expires_at < now
-        if not (expired or owner_is_dead(job.lease_owner)):
+        if not (expired or is_dead_here(job.lease_owner)):
             continue
         # The lost owner's attempt; by now the job may be running again under a new one.
         lost = [a for a in job.attempts if a.finished_at is None and a.worker == job.lease_owner]
@@ -57,13 +40,17 @@ def recover_jobs(queue: JobQueue, max_crash_attempts: int) -> list[int]:
             if not queue.succeed(job.id, job.lease_owner, rung=rung, recovered=True):
                 continue
             log.info("job_succeeded", job_id=job.id, output=job.output_path, recovered=True)
+        elif job.cancel_requested:  # asked to stop before its worker died: running it again is not wanted
+            if not queue.mark_cancelled(job.id, job.lease_owner, expired_before=now if expired else None):
+                continue
+            log.info("job_cancelled", job_id=job.id, previous_owner=job.lease_owner, recovered=True)
         elif crashes >= max_crash_attempts:
             message = (f"poison job: its worker crashed {crashes} times while running it "
                        f"(max_crash_attempts={max_crash_attempts}); not run again. See `i2vd jobs show "
                        f"{job.id}` and the log for what crashed it; `i2vd retry {job.id}` queues it again")
-            if not queue.fail(job.id, "poison_job", message, owner=job.lease_owner):
+            if not queue.fail(job.id, ErrorCode.POISON_JOB, message, owner=job.lease_owner):
                 continue
-            log.error("job_failed", job_id=job.id, error_code="poison_job", error=message)
+            log.error("job_failed", job_id=job.id, error_code=ErrorCode.POISON_JOB, error=message)
         elif queue.requeue(job.id, job.lease_owner, expired_before=now if expired else None,
                            reason="lease_expired" if expired else "worker_died"):
             log.warning("job_requeued", job_id=job.id, previous_owner=job.lease_owner,

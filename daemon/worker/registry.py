@@ -18,9 +18,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.logs import get_logger
-from daemon.db.tables import Job, WorkerRecord, utcnow
-from daemon.jobs.queue import worker_identity
+from daemon.db.tables import WorkerRecord, utcnow
 from daemon.periodic import PeriodicTask
+from daemon.process import worker_identity
 
 log = get_logger("i2vd.workers")
 
@@ -113,53 +113,3 @@ def recent_workers(sessions: sessionmaker[Session], now: datetime | None = None)
 
 def is_alive(worker: WorkerRecord, now: datetime, lease_seconds: float) -> bool:
     return now - worker.last_seen_at <= timedelta(seconds=lease_seconds)
-
-
-def worker_lines(workers: list[WorkerRecord], running: list[Job], now: datetime,
-                 lease_seconds: float) -> list[str]:
-    """The workers table of `i2vd status`."""
-    if not workers:
-        return []
-    jobs = {job.lease_owner: job for job in running}
-    width = max(len("HOST"), *(len(w.host) for w in workers))
-    lines = [f"workers (dead = not seen for {lease_seconds:g} s):",
-             f"  {'HOST':<{width}} {'PID':>7}  {'GPU':<6} {'DEVICE':<8} {'STATE':<6} {'LAST SEEN':<10} "
-             f"{'JOB':<7} MODELS"]
-    for w in workers:
-        job = jobs.get(w.name)
-        state = "alive" if is_alive(w, now, lease_seconds) else "dead"
-        lines.append(f"  {w.host:<{width}} {w.pid:>7}  {w.gpu or '-':<6} {w.device:<8} {state:<6} "
-                     f"{ago(now - w.last_seen_at):<10} {f'#{job.id}' if job else '':<7} "
-                     f"{', '.join(w.models) if w.models else '-'}".rstrip())
-    return lines
-
-
-def unserved_lines(queued_by_model: dict[str | None, int], workers: list[WorkerRecord], now: datetime,
-                   lease_seconds: float) -> list[str]:
-    """Why queued jobs wait: a line per model that no live worker serves (its jobs stay queued)."""
-    alive = [w for w in workers if is_alive(w, now, lease_seconds)]
-    if any(w.models is None for w in alive):  # a worker from before models: it takes any job
-        return []
-    served = sorted({name for w in alive for name in w.models})
-    serving = f"live workers serve: {', '.join(served)}" if served else "no worker is alive"
-    return [f"{count} queued for model {model}: no live worker serves it ({serving}); start an i2vd "
-            f"whose models setting names {model}, or cancel these jobs"
-            for model, count in sorted(queued_by_model.items(), key=lambda item: str(item[0]))
-            if model is not None and model not in served]
-
-
-def lease_note(job: Job, now: datetime) -> str:
-    """Why a running job may be stuck: its lease expired and no worker has taken it over yet."""
-    if job.lease_expires_at is None or job.lease_expires_at >= now:
-        return ""
-    return (f" (lease expired {ago(now - job.lease_expires_at)}; "
-            "the next recovery pass of any daemon requeues it)")
-
-
-def ago(delta: timedelta) -> str:
-    seconds = max(int(delta.total_seconds()), 0)
-    if seconds < 120:
-        return f"{seconds}s ago"
-    if seconds < 7200:
-        return f"{seconds // 60}m ago"
-    return f"{seconds // 3600}h ago"

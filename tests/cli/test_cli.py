@@ -139,3 +139,21 @@ def test_jobs_show_is_readable_and_forgets_the_last_phase(folders):
     assert lines[lines.index(" " * 12 + "params:") + 1:][:2] == [' ' * 20 + 'prompt: "waves on a beach"',
                                                               ' ' * 20 + 'negative_prompt: null']
     assert ' ' * 20 + "seed: 5" in lines
+
+
+def test_retry_twice_makes_one_job_and_refuses_a_model_no_longer_served(folders):
+    queue = make_queue(make_settings(folders))
+    job = queued_job(queue, "beach")
+    assert queue.cancel(job.id).value == "cancelled"
+    env = daemon_env(folders)
+    first = i2vd(env, "retry", str(job.id), check=True).stdout
+    again = i2vd(env, "retry", str(job.id), check=True).stdout
+    assert first == f"job {job.id + 1} queued (retry of {job.id})\n" and again == first
+    assert i2vd(env, "retry", str(job.id + 1)).stderr.startswith(f"i2vd: job {job.id + 1} is queued; only failed")
+
+    # The daemons serve another model now: the retry would wait forever, so it is refused.
+    gone = queued_job(queue, "lighthouse", model="i2vgen-xl")
+    queue.cancel(gone.id)
+    result = i2vd({**env, "I2VD_MODEL": "tiny:svd"}, "retry", str(gone.id))
+    assert result.returncode == 1
+    assert result.stderr == "i2vd: 'i2vgen-xl' is not served here; served models: svd (default)\n"

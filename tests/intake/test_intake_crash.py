@@ -30,11 +30,11 @@ CHILD = textwrap.dedent("""
     def die():
         os.kill(os.getpid(), signal.SIGKILL)
 
-    real_create, real_move, real_mark = queue.create, intake_module.move, queue.mark_queued
+    real_create, real_move, real_mark = queue.create_many, intake_module.move, queue.mark_queued_many
     moves = []
 
-    def create(new):
-        result = real_create(new)
+    def create(news):
+        result = real_create(news)
         if step == "inserted":
             die()
         return result
@@ -46,13 +46,13 @@ CHILD = textwrap.dedent("""
             die()
         return result
 
-    def mark(job_id):
-        result = real_mark(job_id)
+    def mark(job_ids):
+        result = real_mark(job_ids)
         if step == "marked_queued":
             die()
         return result
 
-    queue.create, queue.mark_queued, intake_module.move = create, mark, move
+    queue.create_many, queue.mark_queued_many, intake_module.move = create, mark, move
     intake = Intake(settings, queue)
     intake.scan()
     deadline = time.monotonic() + 20

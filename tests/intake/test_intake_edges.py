@@ -185,15 +185,15 @@ def test_database_outage_is_not_held_against_the_pair(harness, monkeypatch):
     from sqlalchemy.exc import OperationalError
 
     h = harness()
-    real_create, calls = h.queue.create, []
+    real_create, calls = h.queue.create_many, []
 
-    def create(new):
-        calls.append(new)
+    def create(news):
+        calls.append(news)
         if len(calls) <= 5:
             raise OperationalError("INSERT", {}, Exception("database is locked"))
-        return real_create(new)
+        return real_create(news)
 
-    monkeypatch.setattr(h.queue, "create", create)
+    monkeypatch.setattr(h.queue, "create_many", create)
     drop_pair(h.inbox, "patient")
     h.pump_until(lambda: h.jobs(JobState.QUEUED), timeout=15)
     assert len(calls) == 6 and h.failed_codes() == {}

@@ -45,8 +45,9 @@ def run_together(*actions) -> None:
         raise errors[0]
 
 
-def test_each_pair_is_taken_once_by_one_of_two_daemons(two_daemons, dirs):
+def test_each_pair_is_taken_once_by_one_of_two_daemons(two_daemons, dirs, monkeypatch):
     a, b = two_daemons
+    monkeypatch.setattr("daemon.intake.ingest.BATCH_SIZE", 4)  # several batches: the daemons interleave
     for i in range(40):
         drop_pair(dirs["inbox"], f"p{i:02}")
 

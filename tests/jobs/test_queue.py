@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
+from pathlib import PurePath
 
+import pytest
 from sqlalchemy import inspect, text
 
 from support.daemons import make_queue, make_settings
 from daemon.db.engine import downgrade, make_engine, schema_revision, upgrade
 from daemon.db.tables import JobState
+from daemon.errors import InputRejected
+from daemon.intake.sidecar import Sidecar, params_for
+from daemon.jobs.errors import JobNotFound, ModelNotServed, NotRetryable
 from daemon.jobs.queue import NewJob
+from daemon.models.catalog import ModelCatalog
 
 
 def new_job(key: str, priority: int = 0) -> NewJob:
@@ -91,3 +98,64 @@ def test_requeue_and_heartbeat_respect_the_owner(dirs):
     assert queue.get(job_id).state == JobState.QUEUED
     assert queue.claim("bob", 60).lease_owner == "bob"
     assert queue.counts()[JobState.RUNNING] == 1
+
+
+def test_a_double_retry_makes_one_job(dirs):
+    queue = make_queue(make_settings(dirs))
+    failed = queued(queue, "a")
+    queue.claim("w", 60)
+    assert queue.fail(failed, "generation_error", "boom", owner="w")
+    first, second = queue.retry(failed), queue.retry(failed)
+    assert first.id == second.id and first.retried_from_id == failed
+    assert queue.counts()[JobState.QUEUED] == 1
+
+
+def test_retry_refuses_a_job_whose_model_is_no_longer_served_in_intakes_words(dirs):
+    settings = make_settings(dirs).model_copy(update={"models": ("tiny", "other=tiny:svd")})
+    queue = make_queue(settings)
+    job, _ = queue.create(replace(new_job("a"), model="gone"))
+    assert queue.mark_queued(job.id) and queue.cancel(job.id) == JobState.CANCELLED
+    catalog = ModelCatalog.from_settings(settings)
+    with pytest.raises(ModelNotServed) as refused:
+        queue.retry(job.id, catalog)
+    with pytest.raises(InputRejected) as rejected:
+        params_for(Sidecar(prompt="waves", model="gone"), PurePath(), catalog, settings)
+    assert str(refused.value) in str(rejected.value)
+    assert "'gone' is not served here; served models: i2vgen-xl (default), other" in str(refused.value)
+    assert queue.counts()[JobState.QUEUED] == 0
+
+
+def test_retry_names_what_it_refuses(dirs):
+    queue = make_queue(make_settings(dirs))
+    waiting = queued(queue, "a")
+    with pytest.raises(JobNotFound, match="no job 99"):
+        queue.retry(99)
+    with pytest.raises(NotRetryable, match="is queued; only failed or cancelled"):
+        queue.retry(waiting)
+
+
+def test_queue_position_follows_claim_order_within_the_model_and_after_back_offs(dirs):
+    queue = make_queue(make_settings(dirs))
+    backing_off = queued(queue, "backing-off", priority=5)
+    queue.claim("w", 60)
+    assert queue.schedule_retry(backing_off, "w", 3600, "boom")  # claimable only in an hour
+    first = queued(queue, "first")
+    job, _ = queue.create(replace(new_job("elsewhere", priority=9), model="other"))
+    queue.mark_queued(job.id)
+    second = queued(queue, "second")
+
+    positions = [queue.position(queue.get(i)) for i in (first, second, backing_off)]
+    assert positions == [1, 2, 3]
+    assert queue.position(queue.get(job.id)) == 1  # alone among its model's jobs
+    assert [queue.claim("w", 60, models=["tiny"]).id for _ in range(2)] == [first, second]
+
+
+def test_create_many_makes_the_new_and_names_the_known_in_order(dirs):
+    queue = make_queue(make_settings(dirs))
+    known, _ = queue.create(new_job("known"))
+    made = queue.create_many([new_job("a"), new_job("known"), new_job("b")])
+    assert [created for _, created in made] == [True, False, True]
+    assert made[1][0].id == known.id
+    assert [queue.get(job.id).output_stem for job, _ in made] == ["a", "known", "b"]
+    assert queue.mark_queued_many([job.id for job, _ in made]) == sorted(job.id for job, _ in made)
+    assert queue.mark_queued_many([known.id]) == []  # released once

@@ -162,3 +162,24 @@ def test_a_worker_whose_job_was_taken_over_meanwhile_publishes_nothing(dirs, pos
     assert after.output_path is None
     assert [a.outcome for a in after.attempts] == ["interrupted"]
     assert "lease" in after.attempts[0].error_message
+
+
+def test_two_retries_of_one_job_at_once_make_one_job(database_url):
+    queue = make_shared_queue(database_url)
+    job_id = queued(queue, "a")
+    queue.claim("w:1", 60)
+    assert queue.fail(job_id, "generation_error", "boom", owner="w:1")
+    start, retries = threading.Barrier(2), []
+
+    def retry() -> None:  # a double click: two requests, each with its own connection
+        other = JobQueue(session_factory(make_engine(database_url)))
+        start.wait()
+        retries.append(other.retry(job_id).id)
+
+    threads = [threading.Thread(target=retry) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(retries) == 2 and retries[0] == retries[1]
+    assert queue.counts()[JobState.QUEUED] == 1

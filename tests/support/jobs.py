@@ -13,14 +13,14 @@ PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2
 
 
 def queued_job(queue: JobQueue, name: str = "beach", image_path: Path | str = "/nonexistent/beach.png",
-               **params: object) -> Job:
+               model: str | None = None, **params: object) -> Job:
     """A queued job as intake would leave it (the image path need not exist)."""
     job, created = queue.create(NewJob(
         idempotency_key=uuid.uuid4().hex, priority=0, output_stem=name, output_subdir="",
         params={"prompt": "waves on a beach", "negative_prompt": None, "width": 32, "height": 32,
                 "num_frames": 8, "fps": 8, "steps": 10, "guidance_scale": 9.0, "seed": 7, **params},
         source_image=f"{name}.png", source_sidecar=f"{name}.json", image_path=str(image_path),
-        sidecar_path=None))
+        sidecar_path=None, model=model))
     assert created and queue.mark_queued(job.id)
     return queue.get(job.id)
 
