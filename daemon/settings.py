@@ -119,6 +119,8 @@ class Settings(BaseSettings):
                              "but loopback needs web_token.")
     web_token: SecretStr | None = Field(None, min_length=16, description="Bearer token for the API and the "
                                         "page's login; required off loopback.")
+    predict_timeout_seconds: float = Field(600.0, gt=0, description="How long POST /api/predict waits for its "
+                                           "job; then 504 with the job's id, the job running on.")
 
     @field_validator("inbox_dir", "outputs_dir", "state_dir", "log_file")
     @classmethod

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon import __version__
 from daemon.jobs.queue import JobQueue
 from daemon.settings import Settings, split_host_port
-from daemon.web import api, errors, pages
+from daemon.web import api, errors, pages, predict
 from daemon.web.context import HERE, WebContext
 from daemon.web.security import BodyLimit, Gate, SecurityHeaders
 from daemon.web.submit import WebSubmitter
@@ -38,4 +38,5 @@ def create_app(settings: Settings, sessions: sessionmaker[Session],
     app.include_router(pages.login)
     app.include_router(pages.router)
     app.include_router(api.router)
+    app.include_router(predict.router)
     return app

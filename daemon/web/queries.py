@@ -176,3 +176,12 @@ def rejected_inputs(sessions: sessionmaker[Session], limit: int = 20) -> list[di
     return [{"files": ", ".join(e.payload.get("files") or []), "folder": e.payload.get("folder") or "",
              "code": e.payload.get("code"), "error": e.payload.get("message"), "hint": e.payload.get("hint"),
              "time": e.created_at} for e in events]
+
+
+def average_duration(sessions: sessionmaker[Session], last: int = 20) -> float | None:
+    """Mean seconds from queued to finished of the newest succeeded jobs (Gradio's average_duration)."""
+    with sessions() as s:
+        rows = s.execute(select(Job.created_at, Job.finished_at).where(Job.state == JobState.SUCCEEDED)
+                         .order_by(Job.id.desc()).limit(last)).all()
+    spans = [(done - made).total_seconds() for made, done in rows if made and done]
+    return sum(spans) / len(spans) if spans else None
