@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+from typing import Annotated
+
+from fastapi import Path
+
 from daemon.db.tables import Job, JobState
 from daemon.intake.sidecar import Sidecar
 from daemon.logs import get_logger
@@ -12,6 +17,10 @@ log = get_logger("i2vd.web")
 
 CANCELLABLE = (JobState.QUEUED, JobState.RUNNING)
 RESERVED_FORM_FIELDS = ("image", "submission", "next")
+MAX_ID = 2**63 - 1  # the database's BIGINT: a larger id is a bad request, not an overflow
+WHOLE_NUMBER = re.compile(r"[+-]?[0-9]{1,4}")
+
+JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="A job's id")]
 
 
 def job(ctx: WebContext, job_id: int) -> Job:
@@ -43,7 +52,7 @@ def set_priority(ctx: WebContext, job_id: int, value: str) -> int:
     """The new priority; refuses anything but a whole number within the sidecar's range."""
     bounds = {type(m).__name__: m for m in Sidecar.model_fields["priority"].metadata}
     low, high = bounds["Ge"].ge, bounds["Le"].le
-    if not value.strip().lstrip("+-").isdigit() or not low <= int(value) <= high:
+    if not WHOLE_NUMBER.fullmatch(value.strip()) or not low <= int(value) <= high:
         raise Invalid("invalid_priority", f"Priority must be a whole number from {low} to {high}.",
                       field_errors=[{"field": "priority", "message": f"must be {low}..{high}"}])
     job(ctx, job_id)
@@ -53,8 +62,16 @@ def set_priority(ctx: WebContext, job_id: int, value: str) -> int:
 
 
 def form_fields(form) -> dict[str, str]:
-    """The sidecar fields of a form: every text field but the page's own."""
-    return {k: v for k, v in form.multi_items() if isinstance(v, str) and k not in RESERVED_FORM_FIELDS}
+    """The sidecar fields of a form: every text field but the page's own, each at most once."""
+    fields: dict[str, str] = {}
+    for name, value in form.multi_items():
+        if name in RESERVED_FORM_FIELDS or not isinstance(value, str):
+            continue
+        if name in fields:
+            raise Invalid("invalid_request", f"The field {name[:100]} is given twice.",
+                          field_errors=[{"field": name[:100], "message": "given twice"}])
+        fields[name] = value
+    return fields
 
 
 def next_path(form, default: str) -> str:

@@ -13,7 +13,7 @@ from daemon.jobs.queue import JobQueue
 from daemon.settings import Settings, split_host_port
 from daemon.web import api, errors, pages, predict
 from daemon.web.context import HERE, WebContext
-from daemon.web.security import BodyLimit, Gate, SecurityHeaders
+from daemon.web.security import BodyLimit, Gate, HostCheck, SecurityHeaders
 from daemon.web.submit import WebSubmitter
 
 
@@ -21,17 +21,18 @@ def create_app(settings: Settings, sessions: sessionmaker[Session],
                stopping: threading.Event | None = None) -> FastAPI:
     """The application for `settings`' database and folders; `stopping` ends the event streams."""
     queue = JobQueue(sessions)
-    gate = Gate(settings.web_token.get_secret_value() if settings.web_token else None)
+    gate = Gate(settings.web_token.get_secret_value() if settings.web_token else None,
+                session_seconds=settings.web_session_hours * 3600)
     app = FastAPI(title="i2vd", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json",
                   description="The i2vd queue: submit pictures, watch jobs, fetch videos.")
     app.state.web = WebContext(settings=settings, sessions=sessions, queue=queue,
                                submitter=WebSubmitter(settings, queue), gate=gate,
-                               bound_host=split_host_port(settings.web_address)[0],
                                templates=pages.make_templates(login_enabled=not gate.open),
                                stopping=stopping or threading.Event())
     # One request carries at most MAX_FILES_PER_FORM images of the intake's size limit.
     app.add_middleware(BodyLimit, limit=settings.max_image_bytes * pages.MAX_FILES_PER_FORM + 1024 * 1024)
+    app.add_middleware(HostCheck, bound_host=split_host_port(settings.web_address)[0])
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     errors.install(app, pages.render_error)

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import Request
+from fastapi.security import HTTPBearer
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.jobs.queue import JobQueue
 from daemon.settings import Settings
-from daemon.web.errors import BadRequest, Forbidden, LoginRequired, Unauthorized
-from daemon.web.security import UNSAFE_METHODS, Gate, cross_site, host_allowed
+from daemon.web.errors import Forbidden, LoginRequired, Unauthorized
+from daemon.web.security import UNSAFE_METHODS, Gate, cross_site
 from daemon.web.submit import WebSubmitter
 
 HERE = Path(__file__).resolve().parent
@@ -28,7 +29,6 @@ class WebContext:
     queue: JobQueue
     submitter: WebSubmitter
     gate: Gate
-    bound_host: str
     templates: Jinja2Templates
     stopping: threading.Event
 
@@ -38,12 +38,13 @@ def web(request: Request) -> WebContext:
     return request.app.state.web
 
 
+# Declares the bearer scheme in the OpenAPI schema; the token itself is checked by guard.
+bearer_scheme = HTTPBearer(auto_error=False, description="The web_token, when one is set.")
+
+
 def guard(request: Request) -> None:
-    """Every route but the login page and static files: host, CSRF, then the token."""
+    """Every route but the login page, the schema and static files: CSRF, then the token (HostCheck ran)."""
     ctx = web(request)
-    if not host_allowed(request, ctx.bound_host):
-        raise BadRequest("bad_host", "This server answers to localhost names only.",
-                         "Open it as http://127.0.0.1:PORT/ or set web_address and web_token.")
     if request.method in UNSAFE_METHODS and not ctx.gate.bearer(request) and cross_site(request):
         raise Forbidden("cross_site_request", "A form on another site tried to change this queue.",
                         "Use the i2vd page itself, or send the token as a bearer header from scripts.")

@@ -62,13 +62,14 @@ async def login_form(request: Request, ctx: WebContext = Depends(web)):
         log.warning("web_login_failed", client=request.client.host if request.client else None)
         return ctx.templates.TemplateResponse(request, "login.html", {"failed": True}, status_code=401)
     response = RedirectResponse("/", 303)
-    response.set_cookie(SESSION_COOKIE, ctx.gate.session_value(), httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https", path="/")
+    response.set_cookie(SESSION_COOKIE, ctx.gate.start_session(), max_age=int(ctx.gate.session_seconds),
+                        httponly=True, samesite="strict", secure=request.url.scheme == "https", path="/")
     return response
 
 
 @router.post("/logout")
-def logout(ctx: WebContext = Depends(web)):
+def logout(request: Request, ctx: WebContext = Depends(web)):
+    ctx.gate.end_session(request)
     response = RedirectResponse("/login" if not ctx.gate.open else "/", 303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
@@ -148,28 +149,28 @@ def results_page(request: Request, q: str = "", state: str = "succeeded", model:
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(request: Request, job_id: int, ctx: WebContext = Depends(web)):
+def job_page(request: Request, job_id: actions.JobId, ctx: WebContext = Depends(web)):
     return ctx.templates.TemplateResponse(request, "job.html", job_context(ctx, actions.job(ctx, job_id)))
 
 
 @router.get("/fragments/jobs/{job_id}", response_class=HTMLResponse)
-def job_fragment(request: Request, job_id: int, ctx: WebContext = Depends(web)):
+def job_fragment(request: Request, job_id: actions.JobId, ctx: WebContext = Depends(web)):
     return ctx.templates.TemplateResponse(request, "_job_status.html", job_context(ctx, actions.job(ctx, job_id)))
 
 
 @router.post("/jobs/{job_id}/cancel")
-async def cancel_form(request: Request, job_id: int, ctx: WebContext = Depends(web)):
+async def cancel_form(request: Request, job_id: actions.JobId, ctx: WebContext = Depends(web)):
     actions.cancel(ctx, job_id)
     return RedirectResponse(actions.next_path(await request.form(), f"/jobs/{job_id}"), 303)
 
 
 @router.post("/jobs/{job_id}/retry")
-def retry_form(job_id: int, ctx: WebContext = Depends(web)):
+def retry_form(job_id: actions.JobId, ctx: WebContext = Depends(web)):
     return RedirectResponse(f"/jobs/{actions.retry(ctx, job_id).id}", 303)
 
 
 @router.post("/jobs/{job_id}/priority")
-async def priority_form(request: Request, job_id: int, ctx: WebContext = Depends(web)):
+async def priority_form(request: Request, job_id: actions.JobId, ctx: WebContext = Depends(web)):
     form = await request.form()
     actions.set_priority(ctx, job_id, str(form.get("priority", "")))
     return RedirectResponse(actions.next_path(form, f"/jobs/{job_id}"), 303)

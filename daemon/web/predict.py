@@ -24,7 +24,7 @@ from daemon.db.tables import JobState
 from daemon.errors import InputRejected
 from daemon.logs import get_logger
 from daemon.web import queries
-from daemon.web.context import WebContext, guard, web
+from daemon.web.context import WebContext, bearer_scheme, guard, web
 from daemon.web.errors import Conflict, Invalid, TimedOut
 from daemon.web.submit import submission_key
 
@@ -39,7 +39,7 @@ DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w-]+=[^;,]*)*;bas
 POLL_SECONDS = 0.5
 FINISHED = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
-router = APIRouter(prefix="/api", dependencies=[Depends(guard)])
+router = APIRouter(prefix="/api", dependencies=[Depends(guard), Depends(bearer_scheme)])
 
 EXAMPLE = {"data": [{"name": "input.png", "data": "data:image/png;base64,iVBORw0KGgo..."},
                     "waves rolling onto a beach", 512, 16, 8, 50, 9.0]}

@@ -47,10 +47,10 @@ def list_jobs(sessions: sessionmaker[Session], flt: JobFilter, page_size: int = 
     if flt.state is not None:
         query = query.where(Job.state == flt.state)
     if flt.prompt:
-        pattern = "%" + flt.prompt.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        pattern = "%" + flt.prompt.replace("\x00", "").replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         query = query.where(Job.params["prompt"].as_string().ilike(pattern, escape="\\"))
     if flt.model:
-        query = query.where(Job.model == flt.model)
+        query = query.where(Job.model == flt.model.replace("\x00", ""))
     with sessions() as s:
         total = s.scalar(select(func.count()).select_from(query.subquery()))
         pages = max(1, -(-total // page_size))
