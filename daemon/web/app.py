@@ -16,6 +16,8 @@ from daemon.web.context import HERE, WebContext
 from daemon.web.security import BodyLimit, Gate, HostCheck, SecurityHeaders
 from daemon.web.submit import WebSubmitter
 
+ROUTERS = (pages.login, pages.router, api.router, predict.router)
+
 
 def create_app(settings: Settings, sessions: sessionmaker[Session],
                stopping: threading.Event | None = None) -> FastAPI:
@@ -36,8 +38,6 @@ def create_app(settings: Settings, sessions: sessionmaker[Session],
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     errors.install(app, pages.render_error)
-    app.include_router(pages.login)
-    app.include_router(pages.router)
-    app.include_router(api.router)
-    app.include_router(predict.router)
+    for router in ROUTERS:
+        app.include_router(router)
     return app

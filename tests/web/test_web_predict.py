@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 
+import pytest
 import requests
 
 from support.daemons import daemon_env
@@ -25,6 +26,7 @@ def data_url(image: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(image).decode()
 
 
+@pytest.mark.timeout(900)  # tiny SVD at 256 px: minutes on a loaded 2-core VM
 def test_the_webuis_batch_script_gets_its_video_unchanged(dirs, run_daemon, tmp_path):
     # The payload fixes a resolution of 256 at least; tiny SVD is the tiny model that renders it soonest.
     env = daemon_env(dirs, I2VD_MODEL="tiny:svd")
