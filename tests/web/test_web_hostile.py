@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 import requests
@@ -10,7 +11,8 @@ import requests
 from daemon.db.tables import JobState
 from daemon.web.app import ROUTERS
 from daemon.web.security import SECURITY_HEADERS
-from support.web import finished_job, png, post_job
+from support.daemons import daemon_env
+from support.web import WebProcess, finished_job, png, post_job
 from support.web import web, web_factory  # noqa: F401 (fixtures)
 
 HOSTILE_IDS = ["18446744073709551616", "9223372036854775808", "-1", "0", "1e3", "²", "%00", "..%2F..", "%C3%A9",
@@ -146,3 +148,25 @@ def test_a_reused_idempotency_key_with_another_body_is_a_conflict(web):
     other_image = post_job(web, headers=key, data=png(color=(1, 2, 3)))
     assert other_image.status_code == 409
     assert web.queue.counts()[JobState.QUEUED] == 1
+
+
+def peak_rss_mb(pid: int) -> float:
+    status = open(f"/proc/{pid}/status").read()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+
+
+def test_a_huge_picture_is_checked_by_its_header_not_decoded_in_the_web(tmp_path):
+    dirs = {name: tmp_path / name for name in ("inbox", "outputs", "state")}
+    web = WebProcess(daemon_env(dirs), tmp_path, "--address", "127.0.0.1:0")
+    try:
+        url = web.wait_url()
+        fields = {"prompt": "p", "width": "32", "height": "32", "num_frames": "8"}
+        warm = requests.post(f"{url}/api/jobs", files={"image": ("small.png", png())}, data=fields, timeout=60)
+        assert warm.status_code == 201
+        before = peak_rss_mb(web.proc.pid)
+        huge = png((6000, 6000))  # 108 MB of pixels in a few hundred KB
+        r = requests.post(f"{url}/api/jobs", files={"image": ("huge.png", huge)}, data=fields, timeout=120)
+        assert r.status_code == 201
+        assert peak_rss_mb(web.proc.pid) - before < 60  # a decode would have taken 108 MB at least
+    finally:
+        web.stop()
