@@ -13,6 +13,7 @@ from daemon.jobs.queue import JobQueue
 from daemon.settings import Settings, split_host_port
 from daemon.web import api, errors, pages, predict
 from daemon.web.context import HERE, WebContext
+from daemon.web.database import SqliteFile
 from daemon.web.security import BodyLimit, Gate, HostCheck, SecurityHeaders
 from daemon.web.submit import WebSubmitter
 
@@ -31,7 +32,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session],
     app.state.web = WebContext(settings=settings, sessions=sessions, queue=queue,
                                submitter=WebSubmitter(settings, queue), gate=gate,
                                templates=pages.make_templates(login_enabled=not gate.open),
-                               stopping=stopping or threading.Event())
+                               stopping=stopping or threading.Event(), database_file=_sqlite_file(sessions))
     # One request carries at most MAX_FILES_PER_FORM images of the intake's size limit.
     app.add_middleware(BodyLimit, limit=settings.max_image_bytes * pages.MAX_FILES_PER_FORM + 1024 * 1024)
     app.add_middleware(HostCheck, bound_host=split_host_port(settings.web_address)[0])
@@ -41,3 +42,10 @@ def create_app(settings: Settings, sessions: sessionmaker[Session],
     for router in ROUTERS:
         app.include_router(router)
     return app
+
+
+def _sqlite_file(sessions: sessionmaker[Session]) -> SqliteFile | None:
+    engine = sessions.kw.get("bind")
+    if engine is None or engine.url.get_backend_name() != "sqlite" or engine.url.database in (None, "", ":memory:"):
+        return None
+    return SqliteFile(engine)

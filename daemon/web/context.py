@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.jobs.queue import JobQueue
 from daemon.settings import Settings
+from daemon.web.database import SqliteFile
 from daemon.web.errors import Forbidden, LoginRequired, Unauthorized
 from daemon.web.security import UNSAFE_METHODS, Gate, cross_site
 from daemon.web.submit import WebSubmitter
@@ -31,6 +32,7 @@ class WebContext:
     gate: Gate
     templates: Jinja2Templates
     stopping: threading.Event
+    database_file: SqliteFile | None  # None for PostgreSQL
 
 
 def web(request: Request) -> WebContext:
@@ -45,6 +47,8 @@ bearer_scheme = HTTPBearer(auto_error=False, description="The web_token, when on
 def guard(request: Request) -> None:
     """Every route but the login page, the schema and static files: CSRF, then the token (HostCheck ran)."""
     ctx = web(request)
+    if ctx.database_file is not None:
+        ctx.database_file.check()
     if request.method in UNSAFE_METHODS and not ctx.gate.bearer(request) and cross_site(request):
         raise Forbidden("cross_site_request", "A form on another site tried to change this queue.",
                         "Use the i2vd page itself, or send the token as a bearer header from scripts.")
