@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, literal_column, select, table, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.events import kinds
@@ -15,6 +15,7 @@ from daemon.db.tables import Event, Job, JobState, utcnow
 from daemon.worker.registry import is_alive, recent_workers
 
 PAGE_SIZE = 24
+TRIGRAM = 3  # the shortest search the trigram index answers; FTS5 trigram matching is case-insensitive
 WAITING = (JobState.INTAKE, JobState.QUEUED)
 FINISHED = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 MAX_METADATA_BYTES = 1024 * 1024
@@ -41,13 +42,24 @@ class JobPage:
     pages: int
 
 
+def _has_prompt_index(sessions: sessionmaker[Session]) -> bool:
+    """SQLite databases have jobs_fts, the trigram index of prompts (migration 0007)."""
+    return sessions.kw["bind"].dialect.name == "sqlite"
+
+
 def list_jobs(sessions: sessionmaker[Session], flt: JobFilter, page_size: int = PAGE_SIZE) -> JobPage:
-    """Newest first; with a state, an index walk over (state, id) (migration 0006)."""
+    """Newest first; with a state, an index walk over (state, id) (migration 0006); a prompt of three
+    characters or more is found in the trigram index (0007), a shorter one by a scan."""
     query = select(Job)
     if flt.state is not None:
         query = query.where(Job.state == flt.state)
-    if flt.prompt:
-        pattern = "%" + flt.prompt.replace("\x00", "").replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    prompt = flt.prompt.replace("\x00", "")
+    if len(prompt) >= TRIGRAM and _has_prompt_index(sessions):
+        query = query.where(Job.id.in_(select(literal_column("rowid")).select_from(table("jobs_fts"))
+                                       .where(text("jobs_fts MATCH :phrase").bindparams(
+                                           phrase='"' + prompt.replace('"', '""') + '"'))))
+    elif prompt:
+        pattern = "%" + prompt.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         query = query.where(Job.params["prompt"].as_string().ilike(pattern, escape="\\"))
     if flt.model:
         query = query.where(Job.model == flt.model.replace("\x00", ""))
