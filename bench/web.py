@@ -3,7 +3,8 @@
 The jobs (90 % succeeded, the rest failed, cancelled, queued or running; three models; prompts drawn
 from a vocabulary) and three events each are inserted straight into a fresh SQLite database, then
 `i2vd web` is started as its own process, as users run it. Each URL is fetched once to warm up,
-then `--rounds` times; the median and the slowest are printed, with the web process's RSS (now and
+then `--rounds` times; the median and the slowest are printed, and the web process's CPU time per
+request (from /proc, so a busy machine inflates it less than the wall time), with its RSS (now and
 peak) at the end.
 
     .venv/bin/python -m bench.web                  # prints the slowest median last; target <= 100 ms
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import requests
 
-from bench.harness import REPO, footer, header
+from bench.harness import REPO, footer, header, sample
 
 TARGET_MS = 100.0
 WORDS = ("waves", "beach", "sunset", "harbour", "lighthouse", "storm", "forest", "city", "night", "rain",
@@ -96,12 +97,6 @@ def urls(jobs: int) -> dict[str, str]:
     }
 
 
-def rss_mb(pid: int) -> tuple[float, float]:
-    status = Path(f"/proc/{pid}/status").read_text()
-    now, peak = (int(re.search(rf"{k}:\s+(\d+) kB", status).group(1)) / 1024 for k in ("VmRSS", "VmHWM"))
-    return now, peak
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=100_000)
@@ -132,20 +127,22 @@ def main(argv: list[str] | None = None) -> int:
             if url is None:
                 print((root / "web.log").read_text(errors="replace"), file=sys.stderr)
                 return 1
-            print(f"{'':32} {'median ms':>10} {'max ms':>8}")
+            print(f"{'':32} {'median ms':>10} {'max ms':>8} {'CPU ms/request':>15}")
             medians = {}
             http = requests.Session()
             for name, path in urls(args.jobs).items():
                 assert http.get(url + path, timeout=60).status_code == 200, path
                 times = []
+                cpu_before = sample(web.pid).cpu_seconds
                 for _ in range(args.rounds):
                     t = time.perf_counter()
                     http.get(url + path, timeout=60).raise_for_status()
                     times.append((time.perf_counter() - t) * 1000)
+                cpu_ms = (sample(web.pid).cpu_seconds - cpu_before) * 1000 / args.rounds
                 medians[name] = statistics.median(times)
-                print(f"{name:32} {medians[name]:10.1f} {max(times):8.1f}", flush=True)
-            now, peak = rss_mb(web.pid)
-            print(f"web RSS  {now:.0f} MB now, {peak:.0f} MB peak")
+                print(f"{name:32} {medians[name]:10.1f} {max(times):8.1f} {cpu_ms:15.1f}", flush=True)
+            proc = sample(web.pid)
+            print(f"web RSS  {proc.rss_bytes / 2**20:.0f} MB now, {proc.peak_rss_bytes / 2**20:.0f} MB peak")
         finally:
             web.terminate()
             web.wait(30)

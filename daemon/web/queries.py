@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import func, literal_column, select, table, text
+from sqlalchemy import column, func, select, table, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.events import kinds
@@ -50,24 +50,30 @@ def _has_prompt_index(sessions: sessionmaker[Session]) -> bool:
 def list_jobs(sessions: sessionmaker[Session], flt: JobFilter, page_size: int = PAGE_SIZE) -> JobPage:
     """Newest first; with a state, an index walk over (state, id) (migration 0006); a prompt of three
     characters or more is found in the trigram index (0007), a shorter one by a scan."""
-    query = select(Job)
+    query, order = select(Job), Job.id.desc()
+    count = None
     if flt.state is not None:
         query = query.where(Job.state == flt.state)
+    if flt.model:
+        query = query.where(Job.model == flt.model.replace("\x00", ""))
     prompt = flt.prompt.replace("\x00", "")
     if len(prompt) >= TRIGRAM and _has_prompt_index(sessions):
-        query = query.where(Job.id.in_(select(literal_column("rowid")).select_from(table("jobs_fts"))
-                                       .where(text("jobs_fts MATCH :phrase").bindparams(
-                                           phrase='"' + prompt.replace('"', '""') + '"'))))
+        fts = table("jobs_fts", column("rowid"))
+        match = text("jobs_fts MATCH :phrase").bindparams(phrase='"' + prompt.replace('"', '""') + '"')
+        if flt.state is None and not flt.model:
+            # The prompt alone: count and page straight from the index, in its rowid (= job id) order.
+            count = select(func.count()).select_from(fts).where(match)
+            query, order = query.join(fts, Job.id == fts.c.rowid).where(match), fts.c.rowid.desc()
+        else:  # with filters, the matching ids as a set beside the (state, id) or (model, id) walk
+            query = query.where(Job.id.in_(select(fts.c.rowid).where(match)))
     elif prompt:
         pattern = "%" + prompt.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         query = query.where(Job.params["prompt"].as_string().ilike(pattern, escape="\\"))
-    if flt.model:
-        query = query.where(Job.model == flt.model.replace("\x00", ""))
     with sessions() as s:
-        total = s.scalar(select(func.count()).select_from(query.subquery()))
+        total = s.scalar(count if count is not None else select(func.count()).select_from(query.subquery()))
         pages = max(1, -(-total // page_size))
         page = min(max(flt.page, 1), pages)
-        jobs = list(s.scalars(query.order_by(Job.id.desc()).offset((page - 1) * page_size).limit(page_size)))
+        jobs = list(s.scalars(query.order_by(order).offset((page - 1) * page_size).limit(page_size)))
     return JobPage(jobs, total, page, pages)
 
 

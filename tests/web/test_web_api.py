@@ -266,3 +266,19 @@ def test_a_moved_or_replaced_database_file_is_noticed_not_written_blindly(web, t
     assert accepted.status_code == 201
     assert fresh.get(accepted.json()["id"]) is not None  # in the file daemons read, not the moved one
     assert fresh.counts()[JobState.QUEUED] == 1
+
+
+def test_search_finds_any_part_of_a_prompt_alone_or_with_filters(web):
+    for prompt in ('Waves on a "quiet" beach', "waves at night", "a storm at sea"):
+        assert post_job(web, fields={"prompt": prompt}).status_code == 201
+
+    def found(**params) -> list[str]:
+        listing = requests.get(f"{web.url}/api/jobs", params=params, timeout=10).json()
+        assert listing["total"] == len(listing["jobs"])
+        return sorted(j["prompt"] for j in listing["jobs"])
+
+    assert found(q="WAVES") == ['Waves on a "quiet" beach', "waves at night"]  # case aside, as ILIKE
+    assert found(q='"quiet" b') == ['Waves on a "quiet" beach']  # quotes are text, not FTS syntax
+    assert found(q="at") == ["a storm at sea", "waves at night"]  # too short for trigrams: a scan
+    assert found(q="aves", state="queued", model="i2vgen-xl") == ['Waves on a "quiet" beach', "waves at night"]
+    assert found(q="aves", state="failed") == [] and found(q="zebra") == []
