@@ -29,10 +29,6 @@ class WebError(Exception):
         return {"code": self.code, "error": str(self), "hint": self.hint, "field_errors": self.field_errors}
 
 
-class BadRequest(WebError):
-    status = 400
-
-
 class Unauthorized(WebError):
     status = 401
 
