@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 
 import pytest
 import requests
 
-from support.daemons import daemon_env
+from support.daemons import daemon_env, wait_for
 from daemon.db.tables import JobState
 from support.web import TOKEN, WebProcess, png
 from support.web import web, web_factory  # noqa: F401 (fixtures)
@@ -92,3 +93,19 @@ def test_a_call_that_outlives_predict_timeout_answers_504_with_the_job_which_run
     job = web.queue.get(1)
     assert job.state == JobState.QUEUED and job.model == "i2vgen-xl"
     assert job.params["seed"] == 7 and job.params["negative_prompt"] == "blurry"
+
+
+def test_a_failed_job_answers_with_its_error_code(web_factory):
+    web = web_factory(predict_timeout_seconds=120)
+
+    def worker_fails_it() -> None:  # what a daemon does when generation fails for good
+        job = wait_for(lambda: web.queue.claim("gpu:1", 60), timeout=60, what="the predict job")
+        web.queue.fail(job.id, "generation_error", "The model failed: CUDA error.", owner="gpu:1")
+
+    thread = threading.Thread(target=worker_fails_it)
+    thread.start()
+    answer = requests.post(f"{web.url}/api/predict", json={"data": [data_url(png()), "p", 256, 8, 8, 10, 9]},
+                           timeout=120)
+    thread.join()
+    assert answer.status_code == 422 and answer.json()["code"] == "generation_error"
+    assert "CUDA error" in answer.json()["error"] and "/api/jobs/1" in answer.json()["hint"]
