@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import re
+import sqlite3
+import threading
+import time
 
 import pytest
 import requests
@@ -171,3 +174,25 @@ def test_a_huge_picture_is_checked_by_its_header_not_decoded_in_the_web(tmp_path
         assert peak_rss_mb(web.proc.pid) - before < 60  # a decode would have taken 108 MB at least
     finally:
         web.stop()
+
+
+def test_the_form_waits_for_another_writers_lock_like_the_api(web):
+    locked = threading.Event()
+
+    def other_writer() -> None:  # e.g. a daemon's intake holding SQLite's write lock for a moment
+        conn = sqlite3.connect(web.settings.state_dir / "i2vd.sqlite3", isolation_level=None)
+        conn.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        time.sleep(2)
+        conn.execute("COMMIT")
+        conn.close()
+
+    thread = threading.Thread(target=other_writer)
+    thread.start()
+    locked.wait(10)
+    fields = {"prompt": "waves", "width": "32", "height": "32", "num_frames": "8"}
+    form = requests.post(f"{web.url}/submit", files={"image": ("x.png", png())}, data=fields, timeout=60)
+    api = requests.post(f"{web.url}/api/jobs", files={"image": ("y.png", png())}, data=fields, timeout=60)
+    thread.join()
+    assert form.status_code == 200 and "job #1" in form.text
+    assert api.status_code == 201
