@@ -16,7 +16,7 @@ import secrets
 import time
 
 import anyio
-from fastapi import APIRouter, Body, Depends, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -25,7 +25,7 @@ from daemon.errors import InputRejected
 from daemon.logs import get_logger
 from daemon.web import queries
 from daemon.web.context import WebContext, bearer_scheme, guard, web
-from daemon.web.errors import Conflict, Invalid, TimedOut
+from daemon.web.errors import Conflict, Invalid, TimedOut, TooLarge
 from daemon.web.submit import submission_key
 
 log = get_logger("i2vd.web")
@@ -37,6 +37,7 @@ REQUIRED = 7
 SUFFIXES = {"image/png": ".png", "image/jpeg": ".jpg", "image/jpg": ".jpg", "image/webp": ".webp"}
 DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w-]+=[^;,]*)*;base64,(?P<data>.*)", re.S)
 POLL_SECONDS = 0.5
+JSON_OVERHEAD_BYTES = 256 * 1024  # the prompts and numbers around the image's base64
 FINISHED = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 router = APIRouter(prefix="/api", dependencies=[Depends(guard), Depends(bearer_scheme)])
@@ -45,15 +46,18 @@ EXAMPLE = {"data": [{"name": "input.png", "data": "data:image/png;base64,iVBORw0
                     "waves rolling onto a beach", 512, 16, 8, 50, 9.0]}
 
 
-@router.post("/predict", summary="The Gradio WebUI's batch call: blocks until the video is made")
-async def predict(request: Request, payload: dict = Body(..., examples=[EXAMPLE]),
-                  ctx: WebContext = Depends(web)):
+@router.post("/predict", summary="The Gradio WebUI's batch call: blocks until the video is made",
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                 "schema": {"type": "object", "required": ["data"],
+                            "properties": {"data": {"type": "array"}, "fn_index": {}, "session_hash": {}}},
+                 "example": EXAMPLE}}}})
+async def predict(request: Request, ctx: WebContext = Depends(web)):
     """`data`: image, prompt, resolution, num_frames, fps, steps, guidance_scale, then optionally
     negative_prompt, seed, model. `fn_index` and `session_hash` are accepted and ignored. Answers
     `{"data": [VIDEO_URL], "is_generating": false, "duration", "average_duration"}`; 504 with the job's
     id when `predict_timeout_seconds` pass first (the job runs on)."""
     started = time.monotonic()
-    name, image, fields = parse(payload)
+    name, image, fields = parse(await read_json(request, ctx.settings.max_image_bytes))
     key = submission_key(request.headers.get("idempotency-key") or secrets.token_urlsafe(16), 0)
     try:
         job, created = await run_in_threadpool(ctx.submitter.submit, fields, name, io.BytesIO(image), key)
@@ -79,6 +83,26 @@ async def predict(request: Request, payload: dict = Body(..., examples=[EXAMPLE]
     average = await run_in_threadpool(queries.average_duration, ctx.sessions)
     return JSONResponse({"data": [f"{base}/api/jobs/{job.id}/video"], "is_generating": False,
                          "duration": round(duration, 3), "average_duration": round(average or duration, 3)})
+
+
+async def read_json(request: Request, max_image_bytes: int) -> dict:
+    """The JSON body, read only up to what one base64 image of the size limit needs."""
+    limit = max_image_bytes * 4 // 3 + JSON_OVERHEAD_BYTES
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise TooLarge("image_too_large", f"The request is larger than {limit} bytes.",
+                           "Shrink the image or raise max_image_bytes.")
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise Invalid("invalid_request", "The body is not JSON.",
+                      field_errors=[{"field": "(body)", "message": "not JSON"}]) from None
+    if not isinstance(payload, dict):
+        raise Invalid("invalid_request", "The body must be a JSON object with 'data'.",
+                      field_errors=[{"field": "(body)", "message": "not an object"}])
+    return payload
 
 
 def parse(payload: dict) -> tuple[str, bytes, dict[str, str]]:

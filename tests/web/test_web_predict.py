@@ -109,3 +109,14 @@ def test_a_failed_job_answers_with_its_error_code(web_factory):
     thread.join()
     assert answer.status_code == 422 and answer.json()["code"] == "generation_error"
     assert "CUDA error" in answer.json()["error"] and "/api/jobs/1" in answer.json()["hint"]
+
+
+def test_a_predict_body_beyond_one_image_is_refused_before_it_is_held(web_factory):
+    web = web_factory(max_image_bytes=10_000)
+    big = {"data": ["data:image/png;base64," + "A" * 400_000, "p", 256, 8, 8, 10, 9]}
+    answer = requests.post(f"{web.url}/api/predict", json=big, timeout=30)
+    assert answer.status_code == 413 and answer.json()["code"] == "image_too_large"
+    assert "The request is larger than" in answer.json()["error"]
+    for body in (b"not json", b"[1, 2]", b"\xff\xfe"):
+        answer = requests.post(f"{web.url}/api/predict", data=body, timeout=30)
+        assert answer.status_code == 422 and answer.json()["code"] == "invalid_request"
