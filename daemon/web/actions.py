@@ -33,6 +33,8 @@ def job(ctx: WebContext, job_id: int) -> Job:
 def cancel(ctx: WebContext, job_id: int) -> JobState:
     before = job(ctx, job_id)
     state = ctx.queue.cancel(job_id) if before.state in CANCELLABLE else before.state
+    if state is None:
+        raise NotFound("not_found", f"There is no job {job_id}.")
     if state not in (JobState.CANCELLED, JobState.RUNNING) or before.state not in CANCELLABLE:
         raise Conflict("not_cancellable", f"Job {job_id} is {state.value}; nothing to cancel.")
     log.info("web_job_cancel", job_id=job_id, state=state.value)

@@ -19,7 +19,7 @@ class SqliteFile:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.path = engine.url.database
+        self.path = engine.url.database or ""
         self._lock = threading.Lock()
         self._identity = self._stat()
 

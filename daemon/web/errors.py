@@ -100,30 +100,35 @@ def rejected(rejection: InputRejected) -> WebError:
 def install(app: FastAPI, render_error) -> None:
     """Register the handlers; `render_error(request, WebError)` draws the HTML error page."""
 
-    async def web_error(request: Request, exc: WebError) -> Response:
+    async def web_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, WebError)
         headers = {"www-authenticate": "Bearer"} if exc.status == 401 else None
         if request.url.path.startswith("/api/") or request.url.path == "/api":
             return JSONResponse(exc.body(), exc.status, headers=headers)
         return render_error(request, exc, headers)
 
-    async def input_rejected(request: Request, exc: InputRejected) -> Response:
+    async def input_rejected(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, InputRejected)
         return await web_error(request, rejected(exc))
 
-    async def login_required(request: Request, _exc: LoginRequired) -> Response:
+    async def login_required(request: Request, _exc: Exception) -> Response:
         return RedirectResponse("/login", 303)
 
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
         code = "not_found" if exc.status_code == 404 else "http_error"
         return await web_error(request, HttpError(exc.status_code, code, str(exc.detail)))
 
-    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+    async def invalid_request(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
         errors = [{"field": ".".join(str(p) for p in e["loc"][1:]) or "(request)", "message": e["msg"]}
                   for e in exc.errors()]
         summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         return await web_error(request, Invalid("invalid_request", f"The request is invalid: {summary}.",
                                                 field_errors=errors))
 
-    async def database_error(request: Request, exc: OperationalError) -> Response:
+    async def database_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, OperationalError)
         log.warning("web_database_unavailable", path=request.url.path, error=str(exc.orig)[:200])
         return await web_error(request, Unavailable("database_unavailable", "The queue's database did not answer.",
                                                     "Try again in a moment."))

@@ -118,7 +118,7 @@ async def submit_form(request: Request, ctx: WebContext = Depends(web)):
     uploads = [f for f in form.getlist("image") if isinstance(f, UploadFile) and f.filename]
     fields = actions.form_fields(form)
     client_key = str(form.get("submission") or secrets.token_urlsafe(16))
-    outcomes = []
+    outcomes: list[dict] = []
     if not uploads:
         outcomes.append({"name": "", "job": None,
                          "error": Invalid("missing_image", "Choose or drop at least one picture.")})

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from daemon.db.tables import JobState
 from daemon.errors import InputRejected
 from daemon.logs import get_logger
-from daemon.web import queries
+from daemon.web import actions, queries
 from daemon.web.context import WebContext, bearer_scheme, guard, web
 from daemon.web.errors import Conflict, Invalid, TimedOut, TooLarge
 from daemon.web.submit import submission_key
@@ -73,7 +73,7 @@ async def predict(request: Request, ctx: WebContext = Depends(web)):
                            f"Follow it at {base}/api/jobs/{job.id} (or raise predict_timeout_seconds).",
                            [{"field": "job_id", "message": str(job.id)}])
         await anyio.sleep(POLL_SECONDS)
-        job = await run_in_threadpool(ctx.queue.get, job.id)
+        job = await run_in_threadpool(actions.job, ctx, job.id)  # pruned meanwhile: 404
     if job.state == JobState.CANCELLED:
         raise Conflict("cancelled", f"Job {job.id} was cancelled.")
     if job.state == JobState.FAILED:

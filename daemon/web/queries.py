@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import column, func, select, table, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -70,7 +71,7 @@ def list_jobs(sessions: sessionmaker[Session], flt: JobFilter, page_size: int = 
         pattern = "%" + prompt.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         query = query.where(Job.params["prompt"].as_string().ilike(pattern, escape="\\"))
     with sessions() as s:
-        total = s.scalar(count if count is not None else select(func.count()).select_from(query.subquery()))
+        total = s.scalar(count if count is not None else select(func.count()).select_from(query.subquery())) or 0
         pages = max(1, -(-total // page_size))
         page = min(max(flt.page, 1), pages)
         jobs = list(s.scalars(query.order_by(order).offset((page - 1) * page_size).limit(page_size)))
@@ -142,7 +143,8 @@ def media_file(job: Job, kind: str, metadata: dict | None = None) -> Path | None
 
 def job_json(job: Job, position: int | None = None, *, detail: bool = False) -> dict:
     """A job as the API returns it."""
-    data = {
+    links: dict[str, str] = {"page": f"/jobs/{job.id}"}
+    data: dict[str, Any] = {
         "id": job.id,
         "state": job.state.value,
         "priority": job.priority,
@@ -160,15 +162,15 @@ def job_json(job: Job, position: int | None = None, *, detail: bool = False) -> 
         "cancel_requested": job.cancel_requested,
         "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
         "retried_from_id": job.retried_from_id,
-        "links": {"page": f"/jobs/{job.id}"},
+        "links": links,
     }
     if job.state == JobState.SUCCEEDED and job.output_path:
-        data["links"]["video"] = f"/api/jobs/{job.id}/video"
+        links["video"] = f"/api/jobs/{job.id}/video"
     if detail:
         metadata = read_metadata(job)
         for kind in ("poster", "preview"):
             if media_file(job, kind, metadata) is not None:
-                data["links"][kind] = f"/api/jobs/{job.id}/{kind}"
+                links[kind] = f"/api/jobs/{job.id}/{kind}"
         data["metadata"] = metadata
         data["attempts"] = [
             {"number": a.number, "worker": a.worker, "rung": a.rung, "params": a.params, "outcome": a.outcome,

@@ -38,9 +38,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_exposure(host: str, token: str | None) -> None:
+def check_exposure(host: str, has_token: bool) -> None:
     """Refuse to serve beyond this machine without a token."""
-    if token is None and not is_loopback(host):
+    if not has_token and not is_loopback(host):
         raise ConfigError(
             f"web_address {host} is reachable from other machines, and web_token is not set: set "
             "I2VD_WEB_TOKEN (16 or more characters) or bind to 127.0.0.1")

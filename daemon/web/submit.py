@@ -143,7 +143,7 @@ class WebSubmitter:
                 shutil.rmtree(staging, ignore_errors=True)
             raise
         shutil.rmtree(staging, ignore_errors=True)  # empty now, or holding a repeated request's copy
-        return self.queue.get(job.id), created
+        return self.queue.get(job.id) or job, created
 
 
 
@@ -151,10 +151,12 @@ class WebSubmitter:
 def _same_request(job: Job, image: Path, sidecar: bytes) -> bool:
     """Whether a repeated key brings the same picture and fields as the request that made `job`."""
     for image_path, sidecar_path in ((job.image_path, job.sidecar_path), (job.source_image, job.source_sidecar)):
+        if sidecar_path is None:
+            continue
         try:
             kept_sidecar = Path(sidecar_path).read_bytes()
             kept_image = _digest(Path(image_path))
-        except (OSError, TypeError):
+        except OSError:
             continue
         return kept_sidecar == sidecar and kept_image == _digest(image)
     return True  # the first request's files are gone (pruned): nothing to compare, as before
