@@ -119,11 +119,28 @@ class Settings(BaseSettings):
                              "but loopback needs web_token.")
     web_token: SecretStr | None = Field(None, min_length=16, description="Bearer token for the API and the "
                                         "page's login; required off loopback.")
+    web_session_hours: float = Field(12.0, gt=0, description="A page login lasts this long (or until logout "
+                                     "or a restart of the web).")
+    predict_timeout_seconds: float = Field(600.0, gt=0, description="How long POST /api/predict waits for its "
+                                           "job; then 504 with the job's id, the job running on.")
 
     @field_validator("inbox_dir", "outputs_dir", "state_dir", "log_file")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().absolute()
+
+    @field_validator("web_token", mode="before")
+    @classmethod
+    def _web_token(cls, value: object) -> object:
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(text, str):
+            if not text.strip():
+                raise ValueError("must not be blank")
+            if text != text.strip():
+                raise ValueError("must not begin or end with spaces (a bearer header could never match it)")
+            if len(text) < 16:
+                raise ValueError("must be at least 16 characters long")
+        return value
 
     @field_validator("default_interpolate")
     @classmethod

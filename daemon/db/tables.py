@@ -68,6 +68,7 @@ class Job(Base):
         Index("ix_jobs_claim", "state", "priority", "id"),
         Index("ix_jobs_state_id", "state", "id"),  # the web page's lists: one state, newest first
         Index("ix_jobs_state_model", "state", "model"),
+        Index("ix_jobs_model_id", "model", "id"),  # the web's model filter, newest first (0007)
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -156,7 +157,8 @@ class Event(Base):
     """One change a user cares about (see daemon/events/kinds.py), written in the change's own transaction."""
 
     __tablename__ = "events"
-    __table_args__ = {"sqlite_autoincrement": True}
+    __table_args__ = (Index("ix_events_type_id", "type", "id"),  # one type, newest first: the web (0007)
+                      {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(EventId, primary_key=True, autoincrement=True)
     type: Mapped[str] = mapped_column(String(64))

@@ -21,8 +21,11 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES)
 
 
-def check_image(path: Path, *, max_bytes: int, max_pixels: int) -> tuple[int, int]:
-    """Validate a dropped image fully (header, size limits, complete decode); return (width, height)."""
+def check_image(path: Path, *, max_bytes: int, max_pixels: int, decode: bool = True) -> tuple[int, int]:
+    """Validate a dropped image fully (header, size limits, complete decode); return (width, height).
+
+    `decode=False` checks the header only (the web, which must stay small; the worker decodes later).
+    """
     info = os.lstat(path)
     if stat.S_ISLNK(info.st_mode):
         raise InputRejected(ErrorCode.SYMLINK, f"{path.name} is a symbolic link; i2vd does not follow links.",
@@ -51,7 +54,8 @@ def check_image(path: Path, *, max_bytes: int, max_pixels: int) -> tuple[int, in
                         f"{path.name} is {width}x{height} = {width * height} pixels; the limit is {max_pixels}.",
                         hint="Downscale the image or raise max_image_pixels.",
                     )
-                img.load()
+                if decode:
+                    img.load()
         except InputRejected:
             raise
         except PIL.Image.DecompressionBombError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import unicodedata
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Annotated, Literal, get_args
@@ -85,6 +86,8 @@ class Sidecar(BaseModel):
             return None
         if _UNSAFE_STEM_CHAR.search(value) or value.startswith(".") or ".." in value:
             raise ValueError("must be a plain file name: no '/', '\\', '..', control characters or leading dot")
+        if any(unicodedata.category(c) == "Cf" for c in value):  # U+202E would show x<RLO>gnp.exe as xexe.png
+            raise ValueError("must be a plain file name: no invisible format characters (such as U+202E)")
         return value
 
     @model_validator(mode="after")

@@ -6,8 +6,9 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import column, func, select, table, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.events import kinds
@@ -15,6 +16,7 @@ from daemon.db.tables import Event, Job, JobState, utcnow
 from daemon.worker.registry import is_alive, recent_workers
 
 PAGE_SIZE = 24
+TRIGRAM = 3  # the shortest search the trigram index answers; FTS5 trigram matching is case-insensitive
 WAITING = (JobState.INTAKE, JobState.QUEUED)
 FINISHED = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 MAX_METADATA_BYTES = 1024 * 1024
@@ -41,21 +43,38 @@ class JobPage:
     pages: int
 
 
+def _has_prompt_index(sessions: sessionmaker[Session]) -> bool:
+    """SQLite databases have jobs_fts, the trigram index of prompts (migration 0007)."""
+    return sessions.kw["bind"].dialect.name == "sqlite"
+
+
 def list_jobs(sessions: sessionmaker[Session], flt: JobFilter, page_size: int = PAGE_SIZE) -> JobPage:
-    """Newest first; with a state, an index walk over (state, id) (migration 0006)."""
-    query = select(Job)
+    """Newest first; with a state, an index walk over (state, id) (migration 0006); a prompt of three
+    characters or more is found in the trigram index (0007), a shorter one by a scan."""
+    query, order = select(Job), Job.id.desc()
+    count = None
     if flt.state is not None:
         query = query.where(Job.state == flt.state)
-    if flt.prompt:
-        pattern = "%" + flt.prompt.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        query = query.where(Job.params["prompt"].as_string().ilike(pattern, escape="\\"))
     if flt.model:
-        query = query.where(Job.model == flt.model)
+        query = query.where(Job.model == flt.model.replace("\x00", ""))
+    prompt = flt.prompt.replace("\x00", "")
+    if len(prompt) >= TRIGRAM and _has_prompt_index(sessions):
+        fts = table("jobs_fts", column("rowid"))
+        match = text("jobs_fts MATCH :phrase").bindparams(phrase='"' + prompt.replace('"', '""') + '"')
+        if flt.state is None and not flt.model:
+            # The prompt alone: count and page straight from the index, in its rowid (= job id) order.
+            count = select(func.count()).select_from(fts).where(match)
+            query, order = query.join(fts, Job.id == fts.c.rowid).where(match), fts.c.rowid.desc()
+        else:  # with filters, the matching ids as a set beside the (state, id) or (model, id) walk
+            query = query.where(Job.id.in_(select(fts.c.rowid).where(match)))
+    elif prompt:
+        pattern = "%" + prompt.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        query = query.where(Job.params["prompt"].as_string().ilike(pattern, escape="\\"))
     with sessions() as s:
-        total = s.scalar(select(func.count()).select_from(query.subquery()))
+        total = s.scalar(count if count is not None else select(func.count()).select_from(query.subquery())) or 0
         pages = max(1, -(-total // page_size))
         page = min(max(flt.page, 1), pages)
-        jobs = list(s.scalars(query.order_by(Job.id.desc()).offset((page - 1) * page_size).limit(page_size)))
+        jobs = list(s.scalars(query.order_by(order).offset((page - 1) * page_size).limit(page_size)))
     return JobPage(jobs, total, page, pages)
 
 
@@ -124,7 +143,8 @@ def media_file(job: Job, kind: str, metadata: dict | None = None) -> Path | None
 
 def job_json(job: Job, position: int | None = None, *, detail: bool = False) -> dict:
     """A job as the API returns it."""
-    data = {
+    links: dict[str, str] = {"page": f"/jobs/{job.id}"}
+    data: dict[str, Any] = {
         "id": job.id,
         "state": job.state.value,
         "priority": job.priority,
@@ -142,15 +162,15 @@ def job_json(job: Job, position: int | None = None, *, detail: bool = False) -> 
         "cancel_requested": job.cancel_requested,
         "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
         "retried_from_id": job.retried_from_id,
-        "links": {"page": f"/jobs/{job.id}"},
+        "links": links,
     }
     if job.state == JobState.SUCCEEDED and job.output_path:
-        data["links"]["video"] = f"/api/jobs/{job.id}/video"
+        links["video"] = f"/api/jobs/{job.id}/video"
     if detail:
         metadata = read_metadata(job)
         for kind in ("poster", "preview"):
             if media_file(job, kind, metadata) is not None:
-                data["links"][kind] = f"/api/jobs/{job.id}/{kind}"
+                links[kind] = f"/api/jobs/{job.id}/{kind}"
         data["metadata"] = metadata
         data["attempts"] = [
             {"number": a.number, "worker": a.worker, "rung": a.rung, "params": a.params, "outcome": a.outcome,
@@ -176,3 +196,12 @@ def rejected_inputs(sessions: sessionmaker[Session], limit: int = 20) -> list[di
     return [{"files": ", ".join(e.payload.get("files") or []), "folder": e.payload.get("folder") or "",
              "code": e.payload.get("code"), "error": e.payload.get("message"), "hint": e.payload.get("hint"),
              "time": e.created_at} for e in events]
+
+
+def average_duration(sessions: sessionmaker[Session], last: int = 20) -> float | None:
+    """Mean seconds from queued to finished of the newest succeeded jobs (Gradio's average_duration)."""
+    with sessions() as s:
+        rows = s.execute(select(Job.created_at, Job.finished_at).where(Job.state == JobState.SUCCEEDED)
+                         .order_by(Job.id.desc()).limit(last)).all()
+    spans = [(done - made).total_seconds() for made, done in rows if made and done]
+    return sum(spans) / len(spans) if spans else None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
+import secrets
+import threading
+import time
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -36,27 +38,43 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_exposure(host: str, token: str | None) -> None:
+def check_exposure(host: str, has_token: bool) -> None:
     """Refuse to serve beyond this machine without a token."""
-    if token is None and not is_loopback(host):
+    if not has_token and not is_loopback(host):
         raise ConfigError(
             f"web_address {host} is reachable from other machines, and web_token is not set: set "
             "I2VD_WEB_TOKEN (16 or more characters) or bind to 127.0.0.1")
 
 
 class Gate:
-    """The token check: bearer header for scripts, a login cookie for the page."""
+    """The token check: bearer header for scripts, a login session (cookie) for the page.
 
-    def __init__(self, token: str | None) -> None:
+    A session is a random id the web process keeps with its expiry; logging out, or restarting the
+    web, ends it. The token itself never sits in a browser.
+    """
+
+    def __init__(self, token: str | None, session_seconds: float = 12 * 3600) -> None:
         self.token = token
+        self.session_seconds = session_seconds
+        self._sessions: dict[str, float] = {}  # id -> monotonic expiry
+        self._lock = threading.Lock()
 
     @property
     def open(self) -> bool:
         return self.token is None
 
-    def session_value(self) -> str:
-        """The cookie's value: derived from the token, so the token itself never sits in a browser."""
-        return hmac.new(self.token.encode(), b"i2vd-web-session", hashlib.sha256).hexdigest()
+    def start_session(self) -> str:
+        """A new session id for the login cookie."""
+        session = secrets.token_urlsafe(32)
+        now = time.monotonic()
+        with self._lock:
+            self._sessions = {k: t for k, t in self._sessions.items() if t > now}  # forget the expired
+            self._sessions[session] = now + self.session_seconds
+        return session
+
+    def end_session(self, request: Request) -> None:
+        with self._lock:
+            self._sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)
 
     def token_matches(self, given: str) -> bool:
         return self.token is not None and hmac.compare_digest(given.encode(), self.token.encode())
@@ -68,8 +86,9 @@ class Gate:
     def allowed(self, request: Request) -> bool:
         if self.open or self.bearer(request):
             return True
-        cookie = request.cookies.get(SESSION_COOKIE, "")
-        return hmac.compare_digest(cookie.encode(), self.session_value().encode())
+        with self._lock:
+            expiry = self._sessions.get(request.cookies.get(SESSION_COOKIE, ""))
+        return expiry is not None and expiry > time.monotonic()
 
 
 def cross_site(request: Request) -> bool:
@@ -85,16 +104,34 @@ def cross_site(request: Request) -> bool:
     origin = request.headers.get("origin")
     if origin is None:
         return False
-    return origin.partition("://")[2] != request.headers.get("host", "")
+    return origin != f"{request.url.scheme}://{request.headers.get('host', '')}"
 
 
-def host_allowed(request: Request, bound_host: str) -> bool:
-    """On loopback, only loopback host names: a DNS-rebound name (evil.example -> 127.0.0.1) is refused."""
-    if not is_loopback(bound_host):
-        return True
-    host = request.headers.get("host", "")
+def host_allowed(host: str) -> bool:
+    """A Host header naming this machine: a DNS-rebound name (evil.example -> 127.0.0.1) is not."""
     name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[1:].split("]", 1)[0]
     return is_loopback(name)
+
+
+class HostCheck:
+    """On a loopback address, refuses every request (schema, static files and login included) whose Host
+    is not a loopback name, before any route runs."""
+
+    def __init__(self, app: ASGIApp, bound_host: str) -> None:
+        self.app = app
+        self.enabled = is_loopback(bound_host)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.enabled:
+            await self.app(scope, receive, send)
+            return
+        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+        if host_allowed(host):
+            await self.app(scope, receive, send)
+            return
+        await _refuse(send, 400, b'{"code": "bad_host", "error": "This server answers to localhost names only.", '
+                      b'"hint": "Open it as http://127.0.0.1:PORT/ or set web_address and web_token.", '
+                      b'"field_errors": []}')
 
 
 class SecurityHeaders:
@@ -155,9 +192,14 @@ class BodyTooLarge(Exception):
 
 
 async def _too_large(send: Send, limit: int) -> None:
-    body = (b'{"code": "image_too_large", "error": "The upload is larger than ' + str(limit).encode()
-            + b' bytes.", "hint": "Shrink the image or raise max_image_bytes.", "field_errors": []}')
-    await send({"type": "http.response.start", "status": 413,
+    await _refuse(send, 413, b'{"code": "image_too_large", "error": "The upload is larger than '
+                  + str(limit).encode() + b' bytes.", "hint": "Shrink the image or raise max_image_bytes.", '
+                  b'"field_errors": []}')
+
+
+async def _refuse(send: Send, status: int, body: bytes) -> None:
+    """A JSON refusal sent before any route runs, with the security headers."""
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *((k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items())]})
     await send({"type": "http.response.body", "body": body})

@@ -25,11 +25,16 @@ from daemon.intake.ingest import Intake
 from daemon.db.tables import Job
 from daemon.jobs.queue import JobQueue, NewJob
 from daemon.settings import Settings
+from daemon.web.errors import Conflict
 from daemon.intake.sidecar import Sidecar, params_for, parse_sidecar
 
 WEB_DIR = "web"  # inbox/done/web/: where web uploads are kept, beside the dropped pairs' done/ files
 COPY_CHUNK = 1024 * 1024
 _UNSAFE_NAME = re.compile(r"[^\w.\- ]+")
+# Plain ASCII numbers of a sane length; anything else stays text for the sidecar's rules to name.
+_INTEGER = re.compile(r"[+-]?[0-9]{1,30}")
+_DECIMAL = re.compile(r"[+-]?[0-9]{1,30}(\.[0-9]{0,30})?|[+-]?\.[0-9]{1,30}")
+MAX_STEM_BYTES = 120  # well under a file system's 255-byte names, with room for "-12" and ".json"
 _naming = threading.Lock()  # two uploads named alike must not pick the same done/ name
 
 
@@ -56,13 +61,10 @@ def _typed(name: str, value: str) -> object:
     field = Sidecar.model_fields.get(name)
     kinds = set(typing.get_args(field.annotation)) | {field.annotation} if field else set()
     flat = {typing.get_args(k)[0] if typing.get_origin(k) is typing.Annotated else k for k in kinds}
-    if int in flat and re.fullmatch(r"[+-]?\d+", value):
+    if int in flat and _INTEGER.fullmatch(value):
         return int(value)
-    if float in flat:
-        try:
-            return float(value)
-        except ValueError:
-            return value
+    if float in flat and _DECIMAL.fullmatch(value):
+        return float(value)
     return value
 
 
@@ -75,9 +77,11 @@ def safe_image_name(filename: str | None) -> str:
     """The upload's own file name without folders or odd characters; an image suffix is required."""
     name = _UNSAFE_NAME.sub("_", Path((filename or "").replace("\\", "/")).name).strip(" .") or "upload"
     if not name.lower().endswith(IMAGE_SUFFIXES):
-        raise InputRejected("not_an_image", f"{name} is not a .png, .jpg, .jpeg or .webp file.",
+        raise InputRejected("not_an_image", f"{name[:200]} is not a .png, .jpg, .jpeg or .webp file.",
                             hint="Upload a PNG, JPEG or WEBP image.")
-    return name
+    stem, suffix = name[: -len(Path(name).suffix)], Path(name).suffix
+    stem = stem.encode()[:MAX_STEM_BYTES].decode(errors="ignore").strip(" .") or "upload"
+    return stem + suffix
 
 
 class WebSubmitter:
@@ -116,7 +120,8 @@ class WebSubmitter:
             staged_image = staging / f"{stem}{suffix}"
             with open(staged_image, "wb") as out:  # the request's size is bounded already (BodyLimit)
                 shutil.copyfileobj(image, out, COPY_CHUNK)
-            check_image(staged_image, max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels)
+            # Header only: a whole decode here cost ~250 MB per 8000x8000 upload (the worker decodes it).
+            check_image(staged_image, max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels, decode=False)
             staged_sidecar = staging / f"{stem}.json"
             staged_sidecar.write_bytes(raw)
             with _naming:
@@ -129,11 +134,34 @@ class WebSubmitter:
                 ))
                 if created:
                     self.intake.complete(job)
+                elif not _same_request(job, staged_image, raw):
+                    raise Conflict("idempotency_key_reused",
+                                   f"This Idempotency-Key made job {job.id} from another picture or fields.",
+                                   "Use a new key for a new request.")
         except BaseException:
             if not created:  # once a job names the staged files, intake recovery needs them
                 shutil.rmtree(staging, ignore_errors=True)
             raise
         shutil.rmtree(staging, ignore_errors=True)  # empty now, or holding a repeated request's copy
-        return self.queue.get(job.id), created
+        return self.queue.get(job.id) or job, created
 
 
+
+
+def _same_request(job: Job, image: Path, sidecar: bytes) -> bool:
+    """Whether a repeated key brings the same picture and fields as the request that made `job`."""
+    for image_path, sidecar_path in ((job.image_path, job.sidecar_path), (job.source_image, job.source_sidecar)):
+        if sidecar_path is None:
+            continue
+        try:
+            kept_sidecar = Path(sidecar_path).read_bytes()
+            kept_image = _digest(Path(image_path))
+        except OSError:
+            continue
+        return kept_sidecar == sidecar and kept_image == _digest(image)
+    return True  # the first request's files are gone (pruned): nothing to compare, as before
+
+
+def _digest(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()

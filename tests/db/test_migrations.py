@@ -24,7 +24,10 @@ def test_migrations_build_the_models_schema_and_go_down_and_up(database_url):
     assert {"jobs", "attempts", "workers"} <= set(inspect(engine).get_table_names())
     with engine.connect() as conn:
         # The hand-written migrations produce exactly what the models describe, on this engine.
-        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        # Except jobs_fts: SQLite's trigram index of prompts (0007), a virtual table outside the models.
+        diffs = [d for d in compare_metadata(MigrationContext.configure(conn), Base.metadata)
+                 if not (d[0] == "remove_table" and d[1].name.startswith("jobs_fts"))]
+        assert diffs == []
 
     with engine.begin() as conn:
         conn.execute(text(

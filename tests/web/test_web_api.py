@@ -11,6 +11,7 @@ import PIL.Image
 import pytest
 import requests
 from sqlalchemy import insert, text
+from support.daemons import make_queue
 from support.files import TINY_SIDECAR
 from support.web import finished_job, png, post_job, web, web_factory  # noqa: F401 (fixtures)
 
@@ -247,3 +248,37 @@ def test_lists_stay_paginated_and_indexed_with_10000_jobs(web):
     assert {j["name"] for j in listed["jobs"]} == {"s999", "s9990", "s9991", "s9992", "s9993", "s9994",
                                                     "s9995", "s9996", "s9997", "s9998", "s9999"}
     assert time.monotonic() - started < 10  # generous: a sort or a full render of 10,000 rows is far slower
+
+
+def test_a_moved_or_replaced_database_file_is_noticed_not_written_blindly(web, tmp_path):
+    assert post_job(web).status_code == 201
+    state = web.settings.state_dir
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for path in state.glob("i2vd.sqlite3*"):
+        path.rename(moved / path.name)
+    refused = post_job(web)
+    assert refused.status_code == 503 and refused.json()["code"] == "database_missing"
+    assert requests.get(f"{web.url}/", timeout=10).status_code == 503
+
+    fresh = make_queue(web.settings)  # a daemon started: a new, empty database in the same place
+    accepted = post_job(web)
+    assert accepted.status_code == 201
+    assert fresh.get(accepted.json()["id"]) is not None  # in the file daemons read, not the moved one
+    assert fresh.counts()[JobState.QUEUED] == 1
+
+
+def test_search_finds_any_part_of_a_prompt_alone_or_with_filters(web):
+    for prompt in ('Waves on a "quiet" beach', "waves at night", "a storm at sea"):
+        assert post_job(web, fields={"prompt": prompt}).status_code == 201
+
+    def found(**params) -> list[str]:
+        listing = requests.get(f"{web.url}/api/jobs", params=params, timeout=10).json()
+        assert listing["total"] == len(listing["jobs"])
+        return sorted(j["prompt"] for j in listing["jobs"])
+
+    assert found(q="WAVES") == ['Waves on a "quiet" beach', "waves at night"]  # case aside, as ILIKE
+    assert found(q='"quiet" b') == ['Waves on a "quiet" beach']  # quotes are text, not FTS syntax
+    assert found(q="at") == ["a storm at sea", "waves at night"]  # too short for trigrams: a scan
+    assert found(q="aves", state="queued", model="i2vgen-xl") == ['Waves on a "quiet" beach', "waves at night"]
+    assert found(q="aves", state="failed") == [] and found(q="zebra") == []

@@ -150,3 +150,32 @@ def test_an_oversized_request_is_refused_before_it_is_read(web_factory):
     r = requests.post(f"{web.url}/api/jobs", files={"image": ("x.png", b"0" * 50_000)}, data={"prompt": "x"},
                       timeout=30)
     assert r.status_code == 413 and r.json()["code"] == "image_too_large"
+
+
+def test_a_login_is_a_session_that_logout_ends_and_that_expires(web_factory):
+    web = web_factory(web_token=TOKEN, web_session_hours=1)
+    browser = requests.Session()
+    ok = browser.post(f"{web.url}/login", data={"token": TOKEN}, allow_redirects=False, timeout=10)
+    assert "Max-Age=3600" in ok.headers["set-cookie"]
+    cookie = browser.cookies.get("i2vd_session")
+    assert browser.get(f"{web.url}/api/jobs", timeout=10).status_code == 200
+    assert browser.post(f"{web.url}/logout", allow_redirects=False, timeout=10).status_code == 303
+    replayed = requests.get(f"{web.url}/api/jobs", cookies={"i2vd_session": cookie}, timeout=10)
+    assert replayed.status_code == 401  # the copied cookie died with the logout
+    other = requests.Session()
+    other.post(f"{web.url}/login", data={"token": TOKEN}, timeout=10)
+    assert other.cookies.get("i2vd_session") not in (None, cookie)  # every login is a new session
+
+
+@pytest.mark.parametrize("token, message", [(" " * 16, "must not be blank"),
+                                            (f" {TOKEN}", "must not begin or end with spaces"),
+                                            ("short-token", "must be at least 16 characters long")])
+def test_a_blank_padded_or_short_token_is_refused_at_start_up_in_one_line(tmp_path, token, message):
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("I2VD_")},
+           "I2VD_STATE_DIR": str(tmp_path / "state"), "I2VD_WEB_TOKEN": token}
+    result = subprocess.run([sys.executable, "-m", "daemon.cli", "web", "--address", "127.0.0.1:0"],
+                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"i2vd: invalid settings: web_token: Value error, {message}" + (
+            " (a bearer header could never match it)" if "spaces" in message else "")]
+    assert TOKEN not in result.stderr
