@@ -21,13 +21,13 @@ import time
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
-import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import __version__, metrics
 from daemon.events.deliveries import DeliveryStore, Due
 from daemon.events.kinds import matching_types
 from daemon.events.outbox import EventRecord
+from daemon.events.poster import Poster, PostFailed
 from daemon.logs import get_logger
 from daemon.db.tables import utcnow
 from daemon.jobs.queue import worker_identity
@@ -99,7 +99,7 @@ class WebhookSender:
         self.store = DeliveryStore(sessions, url, worker_identity())
         self.types = matching_types(settings.webhook_events)
         self._registered = False
-        self._client = httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
+        self._poster = Poster()
         self.thread = PeriodicTask(f"webhook-{redact(url)}", self.step, settings.webhook_poll_seconds,
                                    escalate_after=ESCALATE_AFTER, first_delay=0, url=redact(url))
 
@@ -108,7 +108,8 @@ class WebhookSender:
 
     def stop(self) -> None:
         self.thread.stop(timeout=self.settings.webhook_timeout_seconds + 5)
-        self._client.close()
+        if not self.thread.alive:  # else it still posts, and the process is about to end anyway
+            self._poster.close()
         try:
             self.store.release()
         except Exception as exc:  # the database is gone: the lease simply runs out
@@ -150,17 +151,18 @@ class WebhookSender:
         body, headers = request(due.event, due.attempts + 1, secret)
         status: int | None = None
         try:
-            response = self._client.post(self.url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            error, down = f"{type(exc).__name__}: {exc}", True
+            answer = self._poster.post(self.url, body, headers, s.webhook_timeout_seconds)
+        except PostFailed as exc:
+            error, down = str(exc), True
         else:
-            status = response.status_code
+            status = answer.status
             if 200 <= status < 300:
                 self.store.delivered(due, status)
                 metrics.webhook_deliveries.labels("delivered").inc()
                 log.debug("webhook_delivered", url=redact(self.url), event_id=due.event.id, status=status)
                 return None
-            error, down = f"HTTP {status}: {response.text[:200]}", status >= 500 or status == 429
+            error = f"HTTP {status}: {answer.excerpt}" if answer.excerpt else f"HTTP {status}"
+            down = status >= 500 or status == 429
         delay = backoff_seconds(due.attempts + 1, s.webhook_backoff_seconds, s.webhook_backoff_max_seconds)
         retry_at = utcnow() + timedelta(seconds=delay)
         if retry_at > due.event.created_at + timedelta(hours=s.webhook_give_up_hours):

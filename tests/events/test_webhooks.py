@@ -13,11 +13,7 @@ from daemon.events.outbox import EventLog
 from daemon.events.webhooks import WebhookSender, backoff_seconds, sign
 from daemon.db.tables import WebhookDelivery
 from daemon.jobs.queue import JobQueue, NewJob
-from daemon.settings import Settings
-from support.webhooks import Receiver, free_port
-
-SECRET = "s3cret"
-
+from support.webhooks import SECRET, Receiver, free_port, settings_for
 
 @pytest.fixture
 def sessions(database_url):
@@ -25,14 +21,6 @@ def sessions(database_url):
     upgrade(engine)
     yield session_factory(engine)
     engine.dispose()
-
-
-def settings_for(tmp_path, url: str, **overrides) -> Settings:
-    values = dict(state_dir=tmp_path / "state", inbox_dir=tmp_path / "inbox", outputs_dir=tmp_path / "outputs",
-                  webhook_urls=[url], webhook_secret=SECRET, webhook_backoff_seconds=0.05,
-                  webhook_backoff_max_seconds=0.2, webhook_timeout_seconds=2, webhook_poll_seconds=0.1)
-    values.update(overrides)
-    return Settings(**values)
 
 
 def some_events(queue: JobQueue) -> None:
