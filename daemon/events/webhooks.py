@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import __version__, metrics
-from daemon.events.deliveries import DeliveryStore, Due
+from daemon.events.deliveries import DeliveryStore, Due, receiver_down
 from daemon.events.kinds import matching_types
 from daemon.events.outbox import EventRecord
 from daemon.events.poster import Poster, PostFailed
@@ -153,7 +153,7 @@ class WebhookSender:
         try:
             answer = self._poster.post(self.url, body, headers, s.webhook_timeout_seconds)
         except PostFailed as exc:
-            error, down = str(exc), True
+            error = str(exc)
         else:
             status = answer.status
             if 200 <= status < 300:
@@ -162,7 +162,6 @@ class WebhookSender:
                 log.debug("webhook_delivered", url=redact(self.url), event_id=due.event.id, status=status)
                 return None
             error = f"HTTP {status}: {answer.excerpt}" if answer.excerpt else f"HTTP {status}"
-            down = status >= 500 or status == 429
         delay = backoff_seconds(due.attempts + 1, s.webhook_backoff_seconds, s.webhook_backoff_max_seconds)
         retry_at = utcnow() + timedelta(seconds=delay)
         if retry_at > due.event.created_at + timedelta(hours=s.webhook_give_up_hours):
@@ -175,7 +174,7 @@ class WebhookSender:
             metrics.webhook_deliveries.labels("failed").inc()
             log.warning("webhook_failed", url=redact(self.url), event_id=due.event.id, attempt=due.attempts + 1,
                         error=error, retry_in_seconds=round(delay, 1))
-        return retry_at if down else None
+        return retry_at if receiver_down(status) else None
 
 
 class Webhooks:
