@@ -35,7 +35,8 @@ from daemon import logs
 logs.configure(pathlib.Path(sys.argv[1]), "debug", console=True)
 url = "https://hook-user:hook-pass@receiver.example/hook?token=query-token"
 logging.getLogger("some.library").warning("POST %s failed", url)
-logs.get_logger("test").info("reloaded", changed={"webhook_urls": [url]}, database="postgresql://db-user:db-pass@h/i2vd")
+logs.get_logger("test").info("reloaded", changed={"webhook_urls": [url]},
+                             database="postgresql://db-user:db-pass@h/i2vd")
 logs.get_logger("test").info("header", value="Authorization: Bearer bearer-token-123")
 try:
     raise ConnectionError(f"cannot reach {url}")

@@ -1,7 +1,8 @@
 """Webhooks: each event POSTed as JSON to every configured URL, signed, at least once.
 
 One thread per URL, so a slow or dead receiver delays only its own deliveries, never the worker or
-another URL. Headers (README, "Webhooks"):
+another URL. Every setting is read when it is used, so a reload (SIGHUP) applies them all: `Webhooks.follow`
+starts and stops senders as URLs come and go. Headers (README, "Webhooks"):
 
     X-I2VD-Event: job.succeeded            X-I2VD-Event-Id / Idempotency-Key: 42 (the event id)
     X-I2VD-Timestamp: 1795435200           X-I2VD-Signature: sha256=HMAC_SHA256(secret, f"{timestamp}.{body}")
@@ -97,7 +98,6 @@ class WebhookSender:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], url: str) -> None:
         self.settings, self.url = settings, url
         self.store = DeliveryStore(sessions, url, worker_identity())
-        self.types = matching_types(settings.webhook_events)
         self._registered = False
         self._poster = Poster()
         self.thread = PeriodicTask(f"webhook-{redact(url)}", self.step, settings.webhook_poll_seconds,
@@ -125,7 +125,7 @@ class WebhookSender:
         lease = 2 * s.webhook_timeout_seconds + 5
         if not self.store.lead(lease):
             return s.webhook_poll_seconds * 5  # another daemon sends to this URL; stand by
-        self.store.fan_out(self.types)
+        self.store.fan_out(matching_types(s.webhook_events))
         for _ in range(POSTS_PER_STEP):
             if not self.store.lead(lease):
                 return s.webhook_poll_seconds
@@ -181,23 +181,31 @@ class Webhooks:
     """A sender for every valid configured URL; bad ones are logged and skipped, never fatal."""
 
     def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
-        self.senders: list[WebhookSender] = []
-        for url in dict.fromkeys(settings.webhook_urls):
+        self.settings, self._sessions = settings, sessions
+        self.senders: dict[str, WebhookSender] = {}
+        self._followed = False
+
+    def follow(self) -> None:
+        """Start senders for URLs new to the settings, stop those of URLs gone from them."""
+        s = self.settings
+        wanted = list(dict.fromkeys(s.webhook_urls))
+        for url in [url for url in self.senders if url not in wanted]:
+            self.senders.pop(url).stop()
+        for url in wanted:
+            if url in self.senders:
+                continue
             if (problem := url_problem(url)) is not None:
                 log.error("webhook_url_invalid", url=url, problem=problem,
                           detail="this URL gets no events; fix webhook_urls (see `i2vd doctor`)")
                 continue
-            self.senders.append(WebhookSender(settings, sessions, url))
-        if self.senders and settings.webhook_secret is None:
+            self.senders[url] = WebhookSender(s, self._sessions, url)
+            self.senders[url].start()
+        log.info("webhooks_changed" if self._followed else "webhooks_started",
+                 urls=[redact(url) for url in self.senders], events=list(matching_types(s.webhook_events)))
+        self._followed = True
+        if self.senders and s.webhook_secret is None:
             log.warning("webhook_unsigned", detail="webhook_secret is not set: receivers cannot verify events")
 
-    def start(self) -> None:
-        for sender in self.senders:
-            sender.start()
-        if self.senders:
-            log.info("webhooks_started", urls=[redact(s.url) for s in self.senders],
-                     events=list(self.senders[0].types))
-
     def stop(self) -> None:
-        for sender in self.senders:
+        for sender in self.senders.values():
             sender.stop()
