@@ -13,7 +13,7 @@ from daemon.periodic import PeriodicTask
 
 log = get_logger("i2vd.events")
 
-ESCALATE_AFTER = 300.0
+ESCALATE_AFTER = 300.0  # seconds of failing beats before an error line (the database gone)
 PRUNE_INTERVAL = 24 * 3600.0  # retention_days pruning: at start, then daily
 PROGRESS_PRUNE_INTERVAL = 600.0
 WEBHOOK_SETTINGS_INTERVAL = 1.0  # how soon a reload's webhook settings take effect
