@@ -13,8 +13,10 @@ from daemon.periodic import PeriodicTask
 
 log = get_logger("i2vd.events")
 
+ESCALATE_AFTER = 300.0  # seconds of failing beats before an error line (the database gone)
 PRUNE_INTERVAL = 24 * 3600.0  # retention_days pruning: at start, then daily
 PROGRESS_PRUNE_INTERVAL = 600.0
+WEBHOOK_SETTINGS_INTERVAL = 1.0  # how soon a reload's webhook settings take effect
 
 
 class EventServices:
@@ -26,20 +28,35 @@ class EventServices:
         self._pruner = PeriodicTask("prune", self._prune_step, PROGRESS_PRUNE_INTERVAL,
                                     escalate_after=PROGRESS_PRUNE_INTERVAL, first_delay=0)
         self._webhooks = None
-        if settings.webhook_urls:  # httpx only where it is used: intake-only daemons stay small
-            from daemon.events.webhooks import Webhooks
-
-            self._webhooks = Webhooks(settings, sessions)
+        self._webhook_settings: tuple | None = None
+        self._webhook_watch = PeriodicTask("webhook-settings", self._follow_webhook_settings,
+                                           WEBHOOK_SETTINGS_INTERVAL, escalate_after=ESCALATE_AFTER)
 
     def start(self) -> None:
-        if self._webhooks is not None:
-            self._webhooks.start()
+        self._follow_webhook_settings()  # before the daemon says it is ready: no event of its start is missed
+        self._webhook_watch.start()
         self._pruner.start()
 
     def stop(self) -> None:
+        self._webhook_watch.stop(timeout=10)
         if self._webhooks is not None:
             self._webhooks.stop()
         self._pruner.stop(timeout=10)
+
+    def _follow_webhook_settings(self) -> None:
+        """Start or stop webhook senders when a reload changed the URLs (or what is logged about them)."""
+        s = self.settings
+        current = (tuple(s.webhook_urls), s.webhook_secret is None, tuple(s.webhook_events))
+        if current == self._webhook_settings:
+            return
+        if self._webhooks is None:
+            if not s.webhook_urls:
+                return
+            from daemon.events.webhooks import Webhooks  # httpx only where it is used: intake-only daemons stay small
+
+            self._webhooks = Webhooks(s, self.sessions)
+        self._webhooks.follow()
+        self._webhook_settings = current
 
     def _prune_step(self) -> float:
         now = time.monotonic()

@@ -6,6 +6,9 @@ and take over when the lease runs out. Fan-out inserts are idempotent (one row p
 each delivery is claimed under its own lease (UPDATE ... RETURNING, with SKIP LOCKED on PostgreSQL, like
 the job claim), so one daemon posts it at a time even while leadership changes hands. A daemon that
 dies mid-POST leaves leases that expire; the event is then posted again (at-least-once).
+
+A receiver that looks down (no answer, 5xx, 429) holds back all of its URL's deliveries, in order, until
+its retry is due: those pending then, and those of events that come during the outage.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Integer, String, func, literal, or_, select, update
+from sqlalchemy import Integer, String, and_, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,6 +24,16 @@ from daemon.events.outbox import EventRecord
 from daemon.db.tables import Event, UtcDateTime, WebhookDelivery, WebhookEndpoint, utcnow
 
 FAN_OUT_BATCH = 500  # events turned into delivery rows per pass
+
+
+def receiver_down(status: int | None) -> bool:
+    """Whether a failed try (its HTTP status; None: no answer) says the receiver is down, not the event bad."""
+    return status is None or status >= 500 or status == 429
+
+
+# The same test in SQL, on a delivery row's last try.
+_LAST_TRY_FOUND_DOWN = and_(WebhookDelivery.attempts > 0, or_(
+    WebhookDelivery.last_status.is_(None), WebhookDelivery.last_status >= 500, WebhookDelivery.last_status == 429))
 
 
 @dataclass(frozen=True)
@@ -82,8 +95,12 @@ class DeliveryStore:
             upper = min(top, scanned + FAN_OUT_BATCH)
             if upper <= scanned:
                 return 0
+            # An event that comes while the receiver is down waits behind the held-back ones.
+            held_until = s.scalar(select(func.max(WebhookDelivery.next_attempt_at)).where(
+                WebhookDelivery.url == self.url, WebhookDelivery.state == "pending", _LAST_TRY_FOUND_DOWN))
+            first_try = max(utcnow(), held_until) if held_until is not None else utcnow()
             rows = select(Event.id, literal(self.url, String()), literal("pending", String()),
-                          literal(0, Integer()), literal(utcnow(), UtcDateTime())).where(
+                          literal(0, Integer()), literal(first_try, UtcDateTime())).where(
                 Event.id > scanned, Event.id <= upper, Event.type.in_(types))
             s.execute(_insert(s)(WebhookDelivery).from_select(
                 ["event_id", "url", "state", "attempts", "next_attempt_at"], rows).on_conflict_do_nothing())

@@ -1,7 +1,8 @@
 """Webhooks: each event POSTed as JSON to every configured URL, signed, at least once.
 
 One thread per URL, so a slow or dead receiver delays only its own deliveries, never the worker or
-another URL. Headers (README, "Webhooks"):
+another URL. Every setting is read when it is used, so a reload (SIGHUP) applies them all: `Webhooks.follow`
+starts and stops senders as URLs come and go. Headers (README, "Webhooks"):
 
     X-I2VD-Event: job.succeeded            X-I2VD-Event-Id / Idempotency-Key: 42 (the event id)
     X-I2VD-Timestamp: 1795435200           X-I2VD-Signature: sha256=HMAC_SHA256(secret, f"{timestamp}.{body}")
@@ -21,13 +22,13 @@ import time
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
-import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import __version__, metrics
-from daemon.events.deliveries import DeliveryStore, Due
+from daemon.events.deliveries import DeliveryStore, Due, receiver_down
 from daemon.events.kinds import matching_types
 from daemon.events.outbox import EventRecord
+from daemon.events.poster import Poster, PostFailed
 from daemon.logs import get_logger
 from daemon.db.tables import utcnow
 from daemon.jobs.queue import worker_identity
@@ -97,9 +98,8 @@ class WebhookSender:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], url: str) -> None:
         self.settings, self.url = settings, url
         self.store = DeliveryStore(sessions, url, worker_identity())
-        self.types = matching_types(settings.webhook_events)
         self._registered = False
-        self._client = httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
+        self._poster = Poster()
         self.thread = PeriodicTask(f"webhook-{redact(url)}", self.step, settings.webhook_poll_seconds,
                                    escalate_after=ESCALATE_AFTER, first_delay=0, url=redact(url))
 
@@ -108,7 +108,8 @@ class WebhookSender:
 
     def stop(self) -> None:
         self.thread.stop(timeout=self.settings.webhook_timeout_seconds + 5)
-        self._client.close()
+        if not self.thread.alive:  # else it still posts, and the process is about to end anyway
+            self._poster.close()
         try:
             self.store.release()
         except Exception as exc:  # the database is gone: the lease simply runs out
@@ -124,7 +125,7 @@ class WebhookSender:
         lease = 2 * s.webhook_timeout_seconds + 5
         if not self.store.lead(lease):
             return s.webhook_poll_seconds * 5  # another daemon sends to this URL; stand by
-        self.store.fan_out(self.types)
+        self.store.fan_out(matching_types(s.webhook_events))
         for _ in range(POSTS_PER_STEP):
             if not self.store.lead(lease):
                 return s.webhook_poll_seconds
@@ -150,17 +151,17 @@ class WebhookSender:
         body, headers = request(due.event, due.attempts + 1, secret)
         status: int | None = None
         try:
-            response = self._client.post(self.url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            error, down = f"{type(exc).__name__}: {exc}", True
+            answer = self._poster.post(self.url, body, headers, s.webhook_timeout_seconds)
+        except PostFailed as exc:
+            error = str(exc)
         else:
-            status = response.status_code
+            status = answer.status
             if 200 <= status < 300:
                 self.store.delivered(due, status)
                 metrics.webhook_deliveries.labels("delivered").inc()
                 log.debug("webhook_delivered", url=redact(self.url), event_id=due.event.id, status=status)
                 return None
-            error, down = f"HTTP {status}: {response.text[:200]}", status >= 500 or status == 429
+            error = f"HTTP {status}: {answer.excerpt}" if answer.excerpt else f"HTTP {status}"
         delay = backoff_seconds(due.attempts + 1, s.webhook_backoff_seconds, s.webhook_backoff_max_seconds)
         retry_at = utcnow() + timedelta(seconds=delay)
         if retry_at > due.event.created_at + timedelta(hours=s.webhook_give_up_hours):
@@ -173,30 +174,38 @@ class WebhookSender:
             metrics.webhook_deliveries.labels("failed").inc()
             log.warning("webhook_failed", url=redact(self.url), event_id=due.event.id, attempt=due.attempts + 1,
                         error=error, retry_in_seconds=round(delay, 1))
-        return retry_at if down else None
+        return retry_at if receiver_down(status) else None
 
 
 class Webhooks:
     """A sender for every valid configured URL; bad ones are logged and skipped, never fatal."""
 
     def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
-        self.senders: list[WebhookSender] = []
-        for url in dict.fromkeys(settings.webhook_urls):
+        self.settings, self._sessions = settings, sessions
+        self.senders: dict[str, WebhookSender] = {}
+        self._followed = False
+
+    def follow(self) -> None:
+        """Start senders for URLs new to the settings, stop those of URLs gone from them."""
+        s = self.settings
+        wanted = list(dict.fromkeys(s.webhook_urls))
+        for url in [url for url in self.senders if url not in wanted]:
+            self.senders.pop(url).stop()
+        for url in wanted:
+            if url in self.senders:
+                continue
             if (problem := url_problem(url)) is not None:
                 log.error("webhook_url_invalid", url=url, problem=problem,
                           detail="this URL gets no events; fix webhook_urls (see `i2vd doctor`)")
                 continue
-            self.senders.append(WebhookSender(settings, sessions, url))
-        if self.senders and settings.webhook_secret is None:
+            self.senders[url] = WebhookSender(s, self._sessions, url)
+            self.senders[url].start()
+        log.info("webhooks_changed" if self._followed else "webhooks_started",
+                 urls=[redact(url) for url in self.senders], events=list(matching_types(s.webhook_events)))
+        self._followed = True
+        if self.senders and s.webhook_secret is None:
             log.warning("webhook_unsigned", detail="webhook_secret is not set: receivers cannot verify events")
 
-    def start(self) -> None:
-        for sender in self.senders:
-            sender.start()
-        if self.senders:
-            log.info("webhooks_started", urls=[redact(s.url) for s in self.senders],
-                     events=list(self.senders[0].types))
-
     def stop(self) -> None:
-        for sender in self.senders:
+        for sender in self.senders.values():
             sender.stop()

@@ -16,6 +16,9 @@ LIVE_SETTINGS = frozenset({
     "max_image_bytes", "max_image_pixels", "follow_symlinks",
     "lease_seconds", "worker_poll_seconds", "stop_grace_seconds",
     "default_interpolate", "poster", "preview", "keep_raw_video",
+    # Webhook senders read these at each try, and start or stop with webhook_urls (events.background).
+    "webhook_urls", "webhook_secret", "webhook_events", "webhook_timeout_seconds", "webhook_backoff_seconds",
+    "webhook_backoff_max_seconds", "webhook_give_up_hours", "webhook_poll_seconds",
 })
 
 

@@ -13,11 +13,7 @@ from daemon.events.outbox import EventLog
 from daemon.events.webhooks import WebhookSender, backoff_seconds, sign
 from daemon.db.tables import WebhookDelivery
 from daemon.jobs.queue import JobQueue, NewJob
-from daemon.settings import Settings
-from support.webhooks import Receiver, free_port
-
-SECRET = "s3cret"
-
+from support.webhooks import SECRET, Receiver, free_port, settings_for
 
 @pytest.fixture
 def sessions(database_url):
@@ -25,14 +21,6 @@ def sessions(database_url):
     upgrade(engine)
     yield session_factory(engine)
     engine.dispose()
-
-
-def settings_for(tmp_path, url: str, **overrides) -> Settings:
-    values = dict(state_dir=tmp_path / "state", inbox_dir=tmp_path / "inbox", outputs_dir=tmp_path / "outputs",
-                  webhook_urls=[url], webhook_secret=SECRET, webhook_backoff_seconds=0.05,
-                  webhook_backoff_max_seconds=0.2, webhook_timeout_seconds=2, webhook_poll_seconds=0.1)
-    values.update(overrides)
-    return Settings(**values)
 
 
 def some_events(queue: JobQueue) -> None:
@@ -82,6 +70,33 @@ def test_signed_events_arrive_in_order_after_the_receiver_recovers(sessions, tmp
     assert receiver.received[0].headers["X-I2VD-Delivery-Attempt"] == "2"
     assert {d.state for d in deliveries(sessions)} == {"delivered"}
     assert metrics.webhook_deliveries.labels("delivered")._value.get() == delivered_before + 3
+
+
+def test_events_created_while_the_receiver_is_down_wait_behind_it_in_order(sessions, tmp_path):
+    receiver = Receiver().start()
+    receiver.status = 503
+    queue = JobQueue(sessions)
+    # The first failure holds the URL back 3 to 6 s: far longer than the steps below take.
+    settings = settings_for(tmp_path, receiver.url, webhook_backoff_seconds=6, webhook_backoff_max_seconds=6)
+    sender = WebhookSender(settings, sessions, receiver.url)
+    try:
+        sender.step()  # registers the URL
+        queue.record_rejection("invalid_json", "before", ["a.png"])
+        sender.step()  # tried once: down
+        for i in range(3):
+            queue.record_rejection("invalid_json", f"during {i}", [f"b{i}.png"])
+        sender.step()
+        assert receiver.requests == 1  # the outage's events wait too, rather than each being tried
+        assert [d.attempts for d in deliveries(sessions)] == [1, 0, 0, 0]
+
+        receiver.status = 200
+        wait_for(lambda: sender.step() is not None and len(receiver.received) == 4, 30, interval=0.1,
+                 what="four deliveries")
+    finally:
+        sender.stop()
+        receiver.stop()
+    assert [e["data"]["message"] for e in receiver.events()] == ["before", "during 0", "during 1", "during 2"]
+    assert receiver.requests == 5
 
 
 def test_only_chosen_types_are_sent_and_a_dead_receiver_is_given_up(sessions, tmp_path):
