@@ -263,10 +263,27 @@ def check_metrics(settings: Settings) -> list[Finding]:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(address)
     except OSError as exc:
+        if _serves_i2vd_metrics(host, port):
+            return [Finding("metrics", "info", f"{settings.metrics_address} is in use by a running i2vd (it answers "
+                                               "/metrics): fine when that is the service you are checking; "
+                                               "another daemon needs its own I2VD_METRICS_ADDRESS.")]
         return [Finding("metrics", "fail", f"cannot serve metrics on {settings.metrics_address} "
                                            f"({exc.strerror or exc}; another i2vd?): set I2VD_METRICS_ADDRESS to "
                                            "a free address (port 0 takes any) or I2VD_METRICS_ENABLED=false.")]
     return [Finding("metrics", "ok", f"{settings.metrics_address} is free for /metrics.")]
+
+
+def _serves_i2vd_metrics(host: str, port: int) -> bool:
+    """Whether what holds the port is an i2vd's metrics endpoint (README's `doctor` beside the running service)."""
+    from urllib.request import urlopen
+
+    reachable = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
+    url = f"http://[{reachable}]:{port}/metrics" if ":" in reachable else f"http://{reachable}:{port}/metrics"
+    try:
+        with urlopen(url, timeout=3) as response:
+            return b"i2vd_" in response.read(1_000_000)
+    except (OSError, ValueError):
+        return False
 
 
 def check_unit(_settings: Settings, dirs: tuple[Path, ...] = UNIT_DIRS) -> list[Finding]:

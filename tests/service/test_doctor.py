@@ -13,7 +13,7 @@ from daemon.intake.watcher import filesystem_type, needs_polling
 from support.jobs import without_root_file_access
 from support.units import install
 
-from daemon.service.doctor import check_unit
+from daemon.service.doctor import check_metrics, check_unit
 from daemon.service.units import render
 
 REPO = Path(__file__).resolve().parents[2]
@@ -131,3 +131,16 @@ def test_an_installed_unit_whose_user_and_groups_exist_is_fine(dirs, tmp_path):
     assert [f.level for f in findings] == ["ok", "ok"], findings
     assert findings[0].message.endswith("as user root, groups root video.") or \
         findings[0].message.endswith("as user root, groups root video render."), findings
+
+
+def test_a_metrics_port_held_by_a_running_i2vd_is_no_problem(dirs):
+    from daemon.metrics import MetricsServer
+
+    server = MetricsServer("127.0.0.1", 0, dict, None)  # as the service runs beside `doctor` (README's "check it")
+    try:
+        settings = make_settings(dirs)
+        settings.metrics_address = f"127.0.0.1:{server.port}"
+        [finding] = check_metrics(settings)
+    finally:
+        server.close()
+    assert finding.level == "info" and "in use by a running i2vd" in finding.message, finding
