@@ -310,8 +310,9 @@ def check_unit(_settings: Settings, dirs: tuple[Path, ...] = UNIT_DIRS) -> list[
             findings.append(Finding("systemd", "warn", f"{unit.path} runs {unit.executable}, not this install "
                                                        f"({exe}): re-run `i2vd install-systemd` to point it here."))
         elif not (missing_user or missing_groups):
+            groups = " ".join(unit.groups) or "none"
             findings.append(Finding("systemd", "ok", f"{unit.path} installed, running {unit.executable} as user "
-                                                     f"{unit.user or 'root'}, groups {' '.join(unit.groups) or 'none'}."))
+                                                     f"{unit.user or 'root'}, groups {groups}."))
     return findings
 
 

@@ -104,11 +104,13 @@ def service(tmp_path_factory, pytestconfig):
         pytest.skip(reason)
     work = tmp_path_factory.mktemp("nspawn")
     checkout = nspawn.checkout_copy(REPO, work / "i2vd")
-    container = nspawn.Container(work, checkout)
+    container = None
     try:
+        container = nspawn.Container(work, checkout)  # builds the cached rootfs on first use (minutes)
         container.boot()
     except Exception as exc:
-        container.poweroff()
+        if container is not None:
+            container.poweroff()
         if os.environ.get("CI") == "true":
             raise  # nspawn is installed: in CI a container that cannot start is a failure, not a skip
         _say(pytestconfig, f"SKIPPED the real-systemd tests (tests/service/test_systemd.py): {exc}")

@@ -87,7 +87,8 @@ def test_install_systemd_writes_only_the_groups_this_host_has(tmp_path):
 
 def test_a_unit_with_no_group_left_has_no_supplementary_groups_line():
     shipped = (REPO / "systemd" / "i2vd.service").read_text()
-    args = dict(executable=Path("/opt/x/bin/i2vd"), inbox=Path("/in"), outputs=Path("/out"), stop_grace_seconds=10)
+    args = {"executable": Path("/opt/x/bin/i2vd"), "inbox": Path("/in"), "outputs": Path("/out"),
+            "stop_grace_seconds": 10}
     assert "SupplementaryGroups=video\n" in render(shipped, supplementary_groups=["video"], **args)
     assert "SupplementaryGroups" not in render(shipped, supplementary_groups=[], **args)
     assert "SupplementaryGroups=video render\n" in render(shipped, **args)  # not told: as shipped

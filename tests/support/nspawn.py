@@ -35,7 +35,8 @@ def unavailable() -> str | None:
     if missing:
         return f"not installed: {' '.join(sorted(set(missing)))} (`.ci/run` installs them)"
     if sys.version_info[:2] != (3, 11):
-        return f"the host's Python is {sys.version_info[0]}.{sys.version_info[1]}, Debian 12's is 3.11: its packages cannot be reused inside"
+        version = ".".join(map(str, sys.version_info[:2]))
+        return f"the host's Python is {version}, Debian 12's is 3.11: its packages cannot be reused inside"
     return None
 
 
@@ -55,8 +56,8 @@ def rootfs() -> Path:
         if not root.is_dir():
             staging = CACHE_DIR / f".{root.name}.partial"
             shutil.rmtree(staging, ignore_errors=True)
-            subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE,
-                            str(staging), MIRROR], check=True, capture_output=True, timeout=1800)
+            _run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(staging),
+                  MIRROR], timeout=1800)
             staging.rename(root)  # only a complete rootfs ever has the cache's name
     return root
 
@@ -70,9 +71,15 @@ def wheelhouse() -> Path:
     folder = CACHE_DIR / f"wheels-{hashlib.sha256(wanted.encode()).hexdigest()[:12]}"
     with _locked(CACHE_DIR / ".lock"):
         if not any(folder.glob("setuptools-*.whl")):
-            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary", ":all:", "--no-deps",
-                            "--dest", str(folder), wanted], check=True, capture_output=True, timeout=300)
+            _run([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary", ":all:", "--no-deps",
+                  "--dest", str(folder), wanted], timeout=300)
     return folder
+
+
+def _run(command: list[str], timeout: float) -> None:
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:3])} ... failed ({result.returncode}): {result.stderr[-2000:]}")
 
 
 def checkout_copy(repo: Path, dest: Path) -> Path:
@@ -129,14 +136,15 @@ class Container:
             state = self.sh("systemctl is-system-running --wait || true", timeout=timeout).stdout.strip()
             time.sleep(0.2)
         if state not in ("running", "degraded"):
-            raise RuntimeError(f"the container's systemd is {state!r}: {self.sh('systemctl --failed', check=False).stdout}")
+            failed = self.sh("systemctl --failed", check=False).stdout
+            raise RuntimeError(f"the container's systemd is {state!r}: {failed}")
 
     def sh(self, script: str, *, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
         """Run a shell script inside, as root, with a clean environment; raises with its output on failure."""
         assert self.pid1 is not None
         result = subprocess.run(["nsenter", "-t", str(self.pid1), "-m", "-u", "-i", "-n", "-p", "--",
                                  "env", "-i", f"PATH={PATH}", "HOME=/root", "LANG=C.UTF-8", "/bin/sh", "-ec", script],
-                                capture_output=True, text=True, timeout=timeout)
+                                check=False, capture_output=True, text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"inside the container, exit status {result.returncode}:\n{script}\n"
                                  f"--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}")
