@@ -58,6 +58,7 @@ def split_groups(names: Iterable[str]) -> tuple[list[str], list[str]]:
 
 
 def group_exists(name: str) -> bool:
+    """Whether this host knows the group (files, LDAP, whatever NSS asks)."""
     try:
         grp.getgrnam(name)
     except KeyError:
@@ -66,6 +67,7 @@ def group_exists(name: str) -> bool:
 
 
 def user_exists(name: str) -> bool:
+    """Whether this host knows the user."""
     try:
         pwd.getpwnam(name)
     except KeyError:
@@ -145,6 +147,7 @@ def installed_units(dirs: tuple[Path, ...] = UNIT_DIRS) -> list[InstalledUnit]:
 
 
 def read_unit(path: Path) -> InstalledUnit:
+    """A unit file's ExecStart executable, User= and groups (the last User=/Group= wins, as in systemd)."""
     text = path.read_text()
     executable = re.search(r"^ExecStart=[-@:+!]*(\S+)", text, flags=re.MULTILINE)
     user = re.findall(r"^User=(\S*)", text, flags=re.MULTILINE)
