@@ -388,8 +388,12 @@ def cmd_doctor(settings: Settings, _args) -> int:
 def cmd_install_systemd(settings: Settings, args) -> int:
     from daemon.service.units import SYSTEMD_DIR, install_units
 
-    for path in install_units(settings, args.output, inbox=args.inbox, outputs=args.outputs):
+    installed = install_units(settings, args.output, inbox=args.inbox, outputs=args.outputs)
+    for path in installed.paths:
         print(f"wrote {path}")
+    for group in installed.missing_groups:
+        print(f"left out SupplementaryGroups={group}: there is no group {group!r} on this host, and systemd would "
+              f"refuse to start the service (status=216/GROUP); create the group and run this again to add it")
     print(f"""
 Next, as root:
   useradd --system --user-group --home-dir /var/lib/i2vd --shell /usr/sbin/nologin i2vd

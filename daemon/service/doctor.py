@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from daemon.settings import Settings, split_host_port
-from daemon.service.units import UNIT_DIRS, installed_units, this_executable
+from daemon.service.units import UNIT_DIRS, installed_units, split_groups, this_executable, user_exists
 from daemon.intake.watcher import choose_mode, filesystem_type, needs_polling
 
 GIB = 1024**3
@@ -263,25 +263,56 @@ def check_metrics(settings: Settings) -> list[Finding]:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(address)
     except OSError as exc:
+        if _serves_i2vd_metrics(host, port):
+            return [Finding("metrics", "info", f"{settings.metrics_address} is in use by a running i2vd (it answers "
+                                               "/metrics): fine when that is the service you are checking; "
+                                               "another daemon needs its own I2VD_METRICS_ADDRESS.")]
         return [Finding("metrics", "fail", f"cannot serve metrics on {settings.metrics_address} "
                                            f"({exc.strerror or exc}; another i2vd?): set I2VD_METRICS_ADDRESS to "
                                            "a free address (port 0 takes any) or I2VD_METRICS_ENABLED=false.")]
     return [Finding("metrics", "ok", f"{settings.metrics_address} is free for /metrics.")]
 
 
-def check_unit(_settings: Settings) -> list[Finding]:
-    units = installed_units()
+def _serves_i2vd_metrics(host: str, port: int) -> bool:
+    """Whether what holds the port is an i2vd's metrics endpoint (README's `doctor` beside the running service)."""
+    from urllib.request import urlopen
+
+    reachable = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
+    url = f"http://[{reachable}]:{port}/metrics" if ":" in reachable else f"http://{reachable}:{port}/metrics"
+    try:
+        with urlopen(url, timeout=3) as response:
+            return b"i2vd_" in response.read(1_000_000)
+    except (OSError, ValueError):
+        return False
+
+
+def check_unit(_settings: Settings, dirs: tuple[Path, ...] = UNIT_DIRS) -> list[Finding]:
+    """Each installed unit runs this install, as a user and groups that exist (else systemd cannot start it)."""
+    units = installed_units(dirs)
     if not units:
-        return [Finding("systemd", "info", f"no i2vd unit in {', '.join(map(str, UNIT_DIRS))} (fine when run by "
+        return [Finding("systemd", "info", f"no i2vd unit in {', '.join(map(str, dirs))} (fine when run by "
                                            "hand; see `i2vd install-systemd`).")]
     findings = []
     exe = this_executable()
-    for unit, exec_start in units.items():
-        if exec_start and exe and Path(exec_start) != exe:
-            findings.append(Finding("systemd", "warn", f"{unit} runs {exec_start}, not this install ({exe}): "
-                                                       "re-run `i2vd install-systemd` to point it here."))
-        else:
-            findings.append(Finding("systemd", "ok", f"{unit} installed, running {exec_start}."))
+    for unit in units:
+        missing_user = unit.user if unit.user and not user_exists(unit.user) else None
+        _present, missing_groups = split_groups(unit.groups)
+        if missing_user:
+            findings.append(Finding("systemd", "fail", f"{unit.path} runs as user {missing_user!r}, which does not "
+                                                       "exist, so systemd cannot start it (status=217/USER): "
+                                                       f"create it (README.md, \"Run as a service\")."))
+        if missing_groups:
+            findings.append(Finding("systemd", "fail", f"{unit.path} names group(s) {' '.join(missing_groups)} that "
+                                                       "do not exist, so systemd cannot start it "
+                                                       "(status=216/GROUP): re-run `i2vd install-systemd`, which "
+                                                       "leaves out missing groups, or create them."))
+        if unit.executable and exe and Path(unit.executable) != exe:
+            findings.append(Finding("systemd", "warn", f"{unit.path} runs {unit.executable}, not this install "
+                                                       f"({exe}): re-run `i2vd install-systemd` to point it here."))
+        elif not (missing_user or missing_groups):
+            groups = " ".join(unit.groups) or "none"
+            findings.append(Finding("systemd", "ok", f"{unit.path} installed, running {unit.executable} as user "
+                                                     f"{unit.user or 'root'}, groups {groups}."))
     return findings
 
 

@@ -6,10 +6,17 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 from support.daemons import daemon_env, make_queue, make_settings
 from daemon.intake.watcher import filesystem_type, needs_polling
 from support.jobs import without_root_file_access
+from support.units import install
+
+from daemon.service.doctor import check_metrics, check_unit
+from daemon.service.units import render
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def doctor(env: dict[str, str], **kwargs) -> subprocess.CompletedProcess:
@@ -100,3 +107,40 @@ def test_a_database_that_cannot_be_created_blocks_running(dirs, tmp_path):
     assert result.returncode == 1
     [db_line] = lines_for(result.stdout, "database")
     assert db_line.startswith("FAIL") and f"{locked} is not writable" in db_line
+
+
+def test_the_installed_units_user_and_groups_must_exist(dirs, tmp_path):
+    shipped = (REPO / "systemd" / "i2vd.service").read_text()
+    unit = render(shipped, executable=Path(sys.executable).parent / "i2vd", inbox=dirs["inbox"],
+                  outputs=dirs["outputs"], stop_grace_seconds=10, supplementary_groups=["no-such-group"])
+    (tmp_path / "i2vd.service").write_text(unit.replace("User=i2vd", "User=no-such-user"))
+    findings = check_unit(make_settings(dirs), dirs=(tmp_path,))
+    messages = [f.message for f in findings if f.level == "fail"]
+    assert len(messages) == 2, findings
+    assert "runs as user 'no-such-user', which does not exist" in messages[0] and "217/USER" in messages[0]
+    assert "group(s) i2vd no-such-group that do not exist" in messages[1] and "216/GROUP" in messages[1]
+
+
+def test_an_installed_unit_whose_user_and_groups_exist_is_fine(dirs, tmp_path):
+    assert install(tmp_path, "--inbox", str(dirs["inbox"]), "--outputs", str(dirs["outputs"])).returncode == 0
+    for name in ("i2vd.service", "i2vd@.service"):
+        unit = tmp_path / name
+        unit.write_text(unit.read_text().replace("User=i2vd", "User=root").replace("Group=i2vd", "Group=root"))
+    (tmp_path / "i2vd-web.service").unlink()
+    findings = check_unit(make_settings(dirs), dirs=(tmp_path,))
+    assert [f.level for f in findings] == ["ok", "ok"], findings
+    assert findings[0].message.endswith("as user root, groups root video.") or \
+        findings[0].message.endswith("as user root, groups root video render."), findings
+
+
+def test_a_metrics_port_held_by_a_running_i2vd_is_no_problem(dirs):
+    from daemon.metrics import MetricsServer
+
+    server = MetricsServer("127.0.0.1", 0, dict, None)  # as the service runs beside `doctor` (README's "check it")
+    try:
+        settings = make_settings(dirs)
+        settings.metrics_address = f"127.0.0.1:{server.port}"
+        [finding] = check_metrics(settings)
+    finally:
+        server.close()
+    assert finding.level == "info" and "in use by a running i2vd" in finding.message, finding

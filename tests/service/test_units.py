@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from support.units import directives, install
 
+from daemon.service.units import render, split_groups
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -69,3 +71,24 @@ def test_units_pass_systemd_analyze_verify(rendered):
     result = subprocess.run(["systemd-analyze", "verify", str(rendered / "i2vd.service"),
                              str(rendered / "i2vd@0.service")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
+
+
+def test_install_systemd_writes_only_the_groups_this_host_has(tmp_path):
+    result = install(tmp_path, "--inbox", "/srv/in", "--outputs", "/srv/out")
+    assert result.returncode == 0, result.stderr
+    shipped = directives(REPO / "systemd" / "i2vd.service")["SupplementaryGroups"][0].split()
+    present, missing = split_groups(shipped)
+    for name in ("i2vd.service", "i2vd@.service"):
+        assert directives(tmp_path / name).get("SupplementaryGroups", [""]) == [" ".join(present)]
+    for group in missing:  # on a host without udev's rules there is no `render` group
+        assert f"left out SupplementaryGroups={group}: there is no group '{group}' on this host" in result.stdout
+    assert ("left out" in result.stdout) == bool(missing)
+
+
+def test_a_unit_with_no_group_left_has_no_supplementary_groups_line():
+    shipped = (REPO / "systemd" / "i2vd.service").read_text()
+    args = {"executable": Path("/opt/x/bin/i2vd"), "inbox": Path("/in"), "outputs": Path("/out"),
+            "stop_grace_seconds": 10}
+    assert "SupplementaryGroups=video\n" in render(shipped, supplementary_groups=["video"], **args)
+    assert "SupplementaryGroups" not in render(shipped, supplementary_groups=[], **args)
+    assert "SupplementaryGroups=video render\n" in render(shipped, **args)  # not told: as shipped
