@@ -11,9 +11,9 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.events import kinds
-from daemon.db.tables import Event, Job, JobState, utcnow
+from daemon.db.tables import Event, Job, utcnow
+from daemon.jobs.queue import FINISHED_STATES
 
-FINISHED = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 PROGRESS_KEPT = timedelta(hours=1)  # a running job's progress events; its end deletes them sooner
 BATCH = 500  # jobs deleted per transaction: short transactions, small IN lists
 
@@ -34,7 +34,7 @@ def prune(sessions: sessionmaker[Session], days: float, *, delete_outputs: bool 
     while True:
         with sessions() as s:
             rows = s.execute(select(Job.id, Job.output_path, Job.metadata_path).where(
-                Job.state.in_(FINISHED), Job.finished_at < cutoff).order_by(Job.id).limit(BATCH)).all()
+                Job.state.in_(FINISHED_STATES), Job.finished_at < cutoff).order_by(Job.id).limit(BATCH)).all()
             if not rows:
                 break
             ids = [r.id for r in rows]

@@ -31,7 +31,7 @@ from daemon.events.outbox import EventRecord
 from daemon.events.poster import Poster, PostFailed
 from daemon.logs import get_logger
 from daemon.db.tables import utcnow
-from daemon.jobs.queue import worker_identity
+from daemon.process import worker_identity
 from daemon.settings import Settings
 from daemon.periodic import PeriodicTask
 

@@ -1,7 +1,4 @@
-"""What the job queue refuses, as one small tree; the CLI and the web each map it in one place.
-
-Until the web maps these types (not the built-in bases), each keeps the built-in base it replaced.
-"""
+"""What the job queue refuses, as one small tree; the CLI and the web each map it in one place."""
 
 from __future__ import annotations
 
@@ -12,7 +9,7 @@ class QueueError(I2vdError):
     """The job queue refused the request."""
 
 
-class JobNotFound(QueueError, LookupError):
+class JobNotFound(QueueError):
     """There is no such job."""
 
     def __init__(self, job_id: int) -> None:
@@ -20,7 +17,7 @@ class JobNotFound(QueueError, LookupError):
         self.job_id = job_id
 
 
-class NotRetryable(QueueError, ValueError):
+class NotRetryable(QueueError):
     """Only failed or cancelled jobs are retried."""
 
 
@@ -32,5 +29,5 @@ class ModelNotServed(NotRetryable):
         self.model = model
 
 
-class KeyConflict(QueueError, RuntimeError):
+class KeyConflict(QueueError):
     """A job with this idempotency key conflicted with the insert but is gone again; try later."""

@@ -11,7 +11,7 @@ from daemon.db.tables import Job, JobState
 from daemon.intake.sidecar import Sidecar
 from daemon.logs import get_logger
 from daemon.web.context import WebContext
-from daemon.web.errors import Conflict, Invalid, NotFound, from_queue
+from daemon.web.errors import Conflict, Invalid, NotFound
 
 log = get_logger("i2vd.web")
 
@@ -42,10 +42,7 @@ def cancel(ctx: WebContext, job_id: int) -> JobState:
 
 
 def retry(ctx: WebContext, job_id: int) -> Job:
-    try:
-        new = ctx.queue.retry(job_id)
-    except (LookupError, ValueError) as exc:
-        raise from_queue(exc) from None
+    new = ctx.queue.retry(job_id, ctx.submitter.intake.catalog)  # a QueueError becomes a response in errors.py
     log.info("web_job_retried", job_id=new.id, retried_from_id=job_id)
     return new
 

@@ -9,6 +9,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from daemon.errors import InputRejected
+from daemon.jobs.errors import JobNotFound, KeyConflict, ModelNotServed, NotRetryable, QueueError
 from daemon.logs import get_logger
 from daemon.web.security import SECURITY_HEADERS
 
@@ -73,22 +74,21 @@ class LoginRequired(Exception):
     """A page asked for without a valid login session."""
 
 
-# The queue's errors by type. Today it raises builtins (LookupError, ValueError), which are too broad
-# to handle globally, so actions translate them here; typed queue errors replace these keys.
-QUEUE_ERRORS: dict[type[Exception], tuple[type[WebError], str]] = {
-    LookupError: (NotFound, "not_found"),
-    ValueError: (Conflict, "not_retryable"),
+# The queue's refusals by type (daemon/jobs/errors.py); the most specific class first.
+QUEUE_ERRORS: dict[type[QueueError], tuple[type[WebError], str]] = {
+    JobNotFound: (NotFound, "not_found"),
+    ModelNotServed: (Conflict, "model_not_served"),
+    NotRetryable: (Conflict, "not_retryable"),
+    KeyConflict: (Unavailable, "busy"),
 }
 # InputRejected is one type for every intake code; the one whose remedy is a smaller body is a 413.
 REJECTION_STATUS = {"image_too_large": TooLarge}
 
 
-def from_queue(exc: Exception) -> WebError:
+def from_queue(exc: QueueError) -> WebError:
     """The web refusal for an error the queue raised."""
-    for kind, (web_error, code) in QUEUE_ERRORS.items():
-        if isinstance(exc, kind):
-            return web_error(code, str(exc))
-    raise exc
+    web_error, code = next(v for kind, v in QUEUE_ERRORS.items() if isinstance(exc, kind))
+    return web_error(code, str(exc))
 
 
 def rejected(rejection: InputRejected) -> WebError:
@@ -110,6 +110,10 @@ def install(app: FastAPI, render_error) -> None:
     async def input_rejected(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, InputRejected)
         return await web_error(request, rejected(exc))
+
+    async def queue_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, QueueError)
+        return await web_error(request, from_queue(exc))
 
     async def login_required(request: Request, _exc: Exception) -> Response:
         return RedirectResponse("/login", 303)
@@ -142,6 +146,7 @@ def install(app: FastAPI, render_error) -> None:
 
     app.add_exception_handler(WebError, web_error)
     app.add_exception_handler(InputRejected, input_rejected)
+    app.add_exception_handler(QueueError, queue_error)
     app.add_exception_handler(LoginRequired, login_required)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid_request)

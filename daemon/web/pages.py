@@ -14,6 +14,8 @@ from daemon import __version__
 from daemon.db.tables import Job, JobState
 from daemon.errors import InputRejected
 from daemon.intake.sidecar import PRESETS, Sidecar
+from daemon.jobs.eta import eta_seconds
+from daemon.jobs.queue import FINISHED_STATES
 from daemon.logs import get_logger
 from daemon.web import actions, queries
 from daemon.web.context import HERE, WebContext, guard, web
@@ -82,10 +84,10 @@ def queue_context(ctx: WebContext) -> dict:
     return {
         "running": running,
         "waiting": queries.waiting_jobs(ctx.sessions),
-        "finished": queries.jobs_in(ctx.sessions, queries.FINISHED, 10),
+        "finished": queries.jobs_in(ctx.sessions, FINISHED_STATES, 10),
         "counts": ctx.queue.counts(),
         "workers": queries.workers(ctx.sessions, running, ctx.settings.lease_seconds),
-        "eta": queries.eta_seconds,
+        "eta": eta_seconds,
     }
 
 
@@ -98,7 +100,7 @@ def form_context() -> dict:
 
 def job_context(ctx: WebContext, job: Job) -> dict:
     data = queries.job_json(job, ctx.queue.position(job), detail=True)
-    return {"job": job, "data": data, "eta": queries.eta_seconds}
+    return {"job": job, "data": data, "eta": eta_seconds}
 
 
 @router.get("/", response_class=HTMLResponse)

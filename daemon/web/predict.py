@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from daemon.db.tables import JobState
 from daemon.errors import InputRejected
+from daemon.jobs.queue import FINISHED_STATES
 from daemon.logs import get_logger
 from daemon.web import actions, queries
 from daemon.web.context import WebContext, bearer_scheme, guard, web
@@ -38,7 +39,6 @@ SUFFIXES = {"image/png": ".png", "image/jpeg": ".jpg", "image/jpg": ".jpg", "ima
 DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w-]+=[^;,]*)*;base64,(?P<data>.*)", re.S)
 POLL_SECONDS = 0.5
 JSON_OVERHEAD_BYTES = 256 * 1024  # the prompts and numbers around the image's base64
-FINISHED = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 router = APIRouter(prefix="/api", dependencies=[Depends(guard), Depends(bearer_scheme)])
 
@@ -67,7 +67,7 @@ async def predict(request: Request, ctx: WebContext = Depends(web)):
     log.info("web_predict_submitted", job_id=job.id, created=created)
     base = str(request.base_url).rstrip("/")
     deadline = started + ctx.settings.predict_timeout_seconds
-    while job.state not in FINISHED:
+    while job.state not in FINISHED_STATES:
         if time.monotonic() >= deadline or ctx.stopping.is_set() or await request.is_disconnected():
             raise TimedOut("timeout", f"Job {job.id} is still {job.state.value}; it goes on running.",
                            f"Follow it at {base}/api/jobs/{job.id} (or raise predict_timeout_seconds).",

@@ -13,12 +13,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.events import kinds
 from daemon.db.tables import Event, Job, JobState, utcnow
+from daemon.jobs.eta import eta_seconds
+from daemon.jobs.queue import claim_order
 from daemon.worker.registry import is_alive, recent_workers
 
 PAGE_SIZE = 24
 TRIGRAM = 3  # the shortest search the trigram index answers; FTS5 trigram matching is case-insensitive
 WAITING = (JobState.INTAKE, JobState.QUEUED)
-FINISHED = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 MAX_METADATA_BYTES = 1024 * 1024
 # Media a job's metadata may name beside its video, and how each is served.
 MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp", ".png": "image/png",
@@ -82,7 +83,7 @@ def waiting_jobs(sessions: sessionmaker[Session], limit: int = 50) -> list[Job]:
     """Queued jobs in the order workers claim them, so a job's queue position is its place here."""
     with sessions() as s:
         return list(s.scalars(select(Job).where(Job.state == JobState.QUEUED)
-                              .order_by(Job.priority.desc(), Job.id).limit(limit)))
+                              .order_by(*claim_order()).limit(limit)))
 
 
 def jobs_in(sessions: sessionmaker[Session], states: tuple[JobState, ...], limit: int) -> list[Job]:
@@ -100,12 +101,6 @@ def workers(sessions: sessionmaker[Session], running: list[Job], lease_seconds: 
             for w in recent_workers(sessions, now)]
 
 
-def eta_seconds(job: Job, now: datetime | None = None) -> float | None:
-    """Time left, measured from the job's start (not its queueing) and the steps done so far."""
-    if job.state != JobState.RUNNING or not job.progress_step or not job.progress_total or not job.started_at:
-        return None
-    elapsed = ((now or utcnow()) - job.started_at).total_seconds()
-    return round(elapsed / job.progress_step * (job.progress_total - job.progress_step), 1)
 
 
 def read_metadata(job: Job) -> dict | None:
