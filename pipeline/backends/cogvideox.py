@@ -43,6 +43,7 @@ RULES = BackendRules(
     ladder_rungs=("vae_slicing", "cpu_offload", "sequential_offload"),
     licence="CogVideoX License (5B weights)",
     hub_prefixes=("THUDM/CogVideoX", "zai-org/CogVideoX"),
+    default_dtype="bfloat16",  # trained and published in bf16; fp16 overflows (NaN)
 )
 
 
