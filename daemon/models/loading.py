@@ -20,7 +20,7 @@ log = get_logger("i2vd.service")
 
 
 def placement_for(settings: Settings, device: torch.device, model: ServedModel) -> Placement:
-    """Where and in what dtype `model` runs: its `;dtype=` option, else I2VD_DTYPE, else (auto) its backend's."""
+    """Where and in what dtype `model` runs: its `;<dtype>` suffix, else I2VD_DTYPE, else (auto) its backend's."""
     from pipeline.runtime import resolve_placement
 
     return resolve_placement(str(device), model.source.dtype or settings.dtype, model.rules.default_dtype)

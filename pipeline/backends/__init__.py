@@ -79,7 +79,7 @@ class ModelSource:
     backend: str
     source: str  # hub id or local folder; for a tiny model, the backend name
     tiny: bool = False
-    dtype: str | None = None  # from a `;dtype=` option; None: I2VD_DTYPE, else the backend's default
+    dtype: str | None = None  # from a `;<dtype>` suffix; None: I2VD_DTYPE, else the backend's default
 
     @property
     def value(self) -> str:
@@ -94,16 +94,12 @@ def parse_model(value: str) -> ModelSource:
     """`tiny[:<backend>]`, `<backend>` (its default weights), `<backend>:<hub id or folder>`,
     a local diffusers folder (detected from model_index.json), or a hub id (from the local hub
     cache's model_index.json, else from the backends' known hub ids); any of them optionally followed
-    by `;dtype=<float16|bfloat16|float32>`. LookupError says what to write.
+    by `;float16`, `;bfloat16` or `;float32` (its dtype). LookupError says what to write.
     """
-    value, _, option = value.strip().partition(";")
-    dtype = None
-    if option:
-        key, _, dtype = (part.strip() for part in option.partition("="))
-        if key != "dtype" or dtype not in DTYPES:
-            raise LookupError(f"unknown option {option.strip()!r}: the one option is ;dtype= with "
-                              + ", ".join(DTYPES))
-    return replace(_parse_value(value.strip()), dtype=dtype)
+    value, _, dtype = (part.strip() for part in value.partition(";"))
+    if dtype and dtype not in DTYPES:
+        raise LookupError(f"unknown dtype {dtype!r} after ';': write {', '.join(DTYPES)}")
+    return replace(_parse_value(value), dtype=dtype or None)
 
 
 def _parse_value(value: str) -> ModelSource:
@@ -131,7 +127,8 @@ def _parse_value(value: str) -> ModelSource:
 def _checked(source: ModelSource) -> ModelSource:
     """`source`, when its checkpoint (a folder, or a hub id's copy in the local cache) suits its backend."""
     if looks_like_path(source.source):
-        detect_backend(source.source, source.backend)
+        if (Path(source.source).expanduser() / "model_index.json").is_file():  # a missing one fails at load
+            detect_backend(source.source, source.backend)
     elif (cached := _cached_model_index(source.source)) is not None:
         detect_backend(cached.parent, source.backend)
     return source

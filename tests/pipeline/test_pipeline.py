@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
 
-from support.files import probe
+from support.daemons import daemon_env, wait_for
+from support.files import drop_pair, probe
 from pipeline.errors import GenerationInterrupted, ModelUnavailable, NonFiniteOutput
 from pipeline.backends.i2vgen_xl import encode_prompt
 from pipeline.generate import VideoGenerator
@@ -157,3 +159,23 @@ def test_auto_dtype_is_the_backends_on_cuda_and_float32_on_the_cpu():
     assert choose_dtype("cuda", "float16", "bfloat16") == "float16"  # I2VD_DTYPE or the model's own option
     assert choose_dtype("cpu", "auto", "bfloat16") == "float32"
     assert resolve_placement("cpu", "auto", "bfloat16").dtype == torch.float32
+
+
+def test_a_model_that_makes_nan_fails_the_job_as_nonfinite_output_and_publishes_nothing(
+        tiny_model_dir, tmp_path, dirs, run_daemon):
+    """A real NaN from the pipeline (a broken denoiser weight) through the daemon: a failed job with its
+    code, never a black MP4 published as a success."""
+    placement = resolve_placement("cpu", "float32")
+    broken = load_pipeline(str(tiny_model_dir), placement)
+    with torch.no_grad():
+        broken.unet.conv_out.weight.fill_(float("nan"))
+    broken.save_pretrained(tmp_path / "nan-model")
+    drop_pair(dirs["inbox"], "scene")
+    daemon = run_daemon(daemon_env(dirs, I2VD_MODEL=str(tmp_path / "nan-model"), I2VD_MAX_RETRIES="0"))
+    daemon.wait_ready(timeout=120)
+    failed = wait_for(lambda: next((line for line in map(json.loads, (dirs["state"] / "i2vd.log").read_text()
+                                                         .splitlines()) if line["event"] == "job_failed"), None),
+                      timeout=180, what="job_failed")
+    assert failed["error_code"] == "nonfinite_output" and "float32" in failed["error"]
+    assert daemon.stop() == 0
+    assert list(dirs["outputs"].rglob("*.mp4")) == []
