@@ -25,6 +25,12 @@ class TestWan(BackendContract):
         high = rules.presets["high"]
         assert (high.width, high.height, high.num_frames, high.fps) == (1280, 704, 121, 24)  # TI2V-5B native
 
+    def test_the_tiny_model_takes_the_full_size(self, pipe):
+        """rope_max_seq_len at the real 1024: with 32, any width above 1024 failed in the rotary embedding."""
+        assert pipe.transformer.config.rope_max_seq_len == 1024
+        frames = self.run(pipe, self.params(width=1280, height=704, num_frames=5, steps=1))
+        assert frames.shape == (5, 704, 1280, 3)
+
 
 def tiny_wan21(tmp_path):
     """Wan2.1-I2V-14B's layout (CLIP image encoder, 8x VAE, 36 input channels), diffusers' fast-test shapes."""
