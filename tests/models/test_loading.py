@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+from support.daemons import make_settings
 
 from daemon.errors import ConfigError
 from daemon.intake.sidecar import Sidecar, resolve
 from daemon.models.catalog import ModelCatalog
 from daemon.settings import Settings
 from pipeline.backends import RULES, parse_model
-from support.daemons import make_settings
 
 TI2V_INDEX = {  # Wan2.2-TI2V-5B-Diffusers: text and image in one WanPipeline
     "_class_name": "WanPipeline", "_diffusers_version": "0.35.0.dev0", "boundary_ratio": None,

@@ -9,21 +9,21 @@ import shutil
 from pathlib import Path
 
 import pytest
+from support.daemons import daemon_env, wait_for
+from support.files import drop_pair, probe
 
 from pipeline.backends import RULES, parse_model
 from pipeline.tiny_checkpoints import LAYOUTS, build_checkpoint
-from support.daemons import daemon_env, wait_for
-from support.files import drop_pair, probe
 
 BACKENDS = sorted(LAYOUTS)
 COMMIT = "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00"
 # A small valid job per backend: the tiny CogVideoX's learned embeddings fix 32x32 and 9 frames.
 JOBS = {
-    "wan": dict(num_frames=9, steps=2, guidance_scale=5.0),
-    "ltx": dict(num_frames=9, steps=2, guidance_scale=3.0),
-    "cogvideox": dict(num_frames=9, steps=2, guidance_scale=6.0),
-    "svd": dict(num_frames=8, steps=2, guidance_scale=3.0),
-    "i2vgen-xl": dict(num_frames=8, steps=10, guidance_scale=9.0),
+    "wan": {"num_frames": 9, "steps": 2, "guidance_scale": 5.0},
+    "ltx": {"num_frames": 9, "steps": 2, "guidance_scale": 3.0},
+    "cogvideox": {"num_frames": 9, "steps": 2, "guidance_scale": 6.0},
+    "svd": {"num_frames": 8, "steps": 2, "guidance_scale": 3.0},
+    "i2vgen-xl": {"num_frames": 8, "steps": 10, "guidance_scale": 9.0},
 }
 
 
