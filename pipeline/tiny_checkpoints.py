@@ -94,7 +94,7 @@ LAYOUTS: dict[str, CheckpointLayout] = {
             # real 720x480x49 they would make the tiny model's only job a full-size one).
             "transformer/config.json": {"use_rotary_positional_embeddings": True,
                                         "use_learned_positional_embeddings": True, "patch_size": 2,
-                                        "temporal_compression_ratio": 4},
+                                        "temporal_compression_ratio": 4, "max_text_seq_length": 226},
             "vae/config.json": {"scaling_factor": 0.7, "temporal_compression_ratio": 4},
         },
         tokenizer="t5", tokenizer_max_length=226,
