@@ -1,5 +1,5 @@
 """Which model a value means and how it is placed: the class names real checkpoints use, text-only
-checkpoints refused at start-up, the per-model dtype, and tiny presets for tiny models (no torch runs)."""
+checkpoints refused at start-up, the per-model dtype, and tiny presets for tiny models."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from support.daemons import make_settings
+from support.daemons import daemon_env, make_settings, wait_for
+from support.files import probe, write_image
 
 from daemon.errors import ConfigError
 from daemon.intake.sidecar import Sidecar, resolve
@@ -117,3 +118,16 @@ def test_a_tiny_model_has_tiny_presets(tmp_path, backend):
     assert rules.frames.valid(params.num_frames)
     real = ModelCatalog.from_settings(make_settings(dirs, model=backend)).default.rules
     assert real.presets["standard"].width >= 512  # real models keep their own
+
+
+def test_a_prompt_only_sidecar_on_the_tiny_model_makes_a_tiny_video(dirs, run_daemon):
+    """Issue 19: it ran 512x512 on the tiny I2VGen-XL for minutes at 7 GB, and a cancel could not land."""
+    write_image(dirs["inbox"] / ".scene.png.tmp", fmt="PNG").rename(dirs["inbox"] / "scene.png")
+    (dirs["inbox"] / ".scene.json.tmp").write_text(json.dumps({"prompt": "a cat on the sea"}))
+    (dirs["inbox"] / ".scene.json.tmp").rename(dirs["inbox"] / "scene.json")
+    daemon = run_daemon(daemon_env(dirs))  # I2VD_MODEL=tiny, the default preset
+    daemon.wait_ready(timeout=120)
+    video = wait_for(lambda: next(iter(dirs["outputs"].glob("scene_*.mp4")), None), timeout=180, what="the MP4")
+    assert probe(video) == (9, 8.0, (32, 32))
+    assert json.loads(video.with_suffix(".json").read_text())["params"]["steps"] == 10  # I2VGen-XL's minimum
+    assert daemon.stop() == 0
