@@ -10,8 +10,9 @@ import torch
 
 from pipeline.backends import backend_for_class, get_backend
 from pipeline.backends.base import MemoryOptions, ProgressCallback, VideoBackend
-from pipeline.runtime import Placement
+from pipeline.errors import NonFiniteOutput
 from pipeline.oom import raise_injected_oom
+from pipeline.runtime import Placement, dtype_name
 from pipeline.params import GenerationParams
 
 
@@ -34,10 +35,19 @@ class VideoGenerator:
         on_progress: ProgressCallback | None = None,
         memory: MemoryOptions = MemoryOptions(),
     ) -> np.ndarray:
-        """Frames as uint8 (num_frames, height, width, 3). `on_progress` may raise to stop."""
+        """Frames as uint8 (num_frames, height, width, 3). `on_progress` may raise to stop.
+
+        NonFiniteOutput, naming the dtype, when the model's numbers broke down (NaN/Inf, constant frames).
+        """
         report = on_progress or (lambda _p: None)
         if self.placement.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.placement.device)
         raise_injected_oom(params, self.inject_oom_above)
         memory = replace(memory, decode_chunk_size=1 if memory.vae_slicing else self.decode_chunk_size)
-        return self.backend.generate(self.pipe, image, params, report, memory)
+        try:
+            return self.backend.generate(self.pipe, image, params, report, memory)
+        except NonFiniteOutput as exc:
+            dtype = dtype_name(self.placement.dtype)
+            hint = "; a float32 run (I2VD_DTYPE=float32) tells a dtype problem from broken weights" \
+                if dtype != "float32" else "; in float32 this points at the weights themselves"
+            raise NonFiniteOutput(f"{exc} with the model in {dtype} on {self.placement.device}{hint}") from None

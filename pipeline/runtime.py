@@ -17,15 +17,26 @@ class Placement:
     dtype: torch.dtype
 
 
-def resolve_placement(device: str = "auto", dtype: str = "auto") -> Placement:
-    """'auto' means CUDA in fp16 where present, else CPU in fp32."""
+def resolve_placement(device: str = "auto", dtype: str = "auto", default_dtype: str = "float16") -> Placement:
+    """'auto' device: CUDA where present, else CPU. The dtype as `choose_dtype` says."""
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelUnavailable(f"device {device!r} was asked for, but torch sees no CUDA GPU")
-    if dtype == "auto":
-        return Placement(dev, torch.float16 if dev.type == "cuda" else torch.float32)
-    return Placement(dev, _DTYPES[dtype])
+    return Placement(dev, _DTYPES[choose_dtype(dev.type, dtype, default_dtype)])
+
+
+def choose_dtype(device_type: str, dtype: str, default_dtype: str) -> str:
+    """`dtype` unless 'auto'; then the backend's `default_dtype` on CUDA, float32 on the CPU (half
+    precision there is slow, and only the tiny models run there)."""
+    if dtype != "auto":
+        return dtype
+    return default_dtype if device_type == "cuda" else "float32"
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """'bfloat16' for torch.bfloat16: how settings and metadata spell a dtype."""
+    return str(dtype).removeprefix("torch.")
 
 
 def quiet_libraries() -> None:

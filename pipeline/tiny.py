@@ -11,9 +11,11 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from pipeline.backends import DEFAULT_BACKEND, get_backend
+from pipeline.backends.base import BackendRules, Preset
 
 MARKER = "i2vd-tiny-smoke-test.txt"
 
@@ -48,6 +50,26 @@ def build_tokenizer(workdir: Path):
     return CLIPTokenizer(
         vocab_file=str(workdir / "vocab.json"), merges_file=str(workdir / "merges.txt"), model_max_length=77
     )
+
+
+TINY_SIZE = 32
+TINY_FRAMES = 9
+TINY_STEPS = {"preview": 2, "standard": 4, "high": 8, "max": 10}
+
+
+def tiny_rules(rules: BackendRules) -> BackendRules:
+    """`rules` with presets for the tiny model: 32x32, 9 frames, a few steps (seconds on a CPU).
+
+    The real presets would run a tiny model at 512x512 and more for minutes at gigabytes of memory.
+    """
+    frames = rules.frames.floor(TINY_FRAMES) or rules.frames.minimum
+    presets = {
+        name: Preset(width=TINY_SIZE, height=TINY_SIZE, num_frames=frames,
+                     steps=min(max(steps, rules.steps_range[0]), rules.steps_range[1]),
+                     fps=rules.presets[name].fps, guidance_scale=rules.presets[name].guidance_scale)
+        for name, steps in TINY_STEPS.items()
+    }
+    return replace(rules, presets=presets)
 
 
 def build_tiny_pipeline(backend: str = DEFAULT_BACKEND):

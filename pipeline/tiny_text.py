@@ -1,31 +1,67 @@
 """Tiny T5/UMT5 text encoders and their tokenizer, built offline for the tiny backends' smoke tests.
 
-Wan, LTX-Video and CogVideoX encode prompts with T5-family encoders. Their tiny pipelines need a
-tokenizer and an encoder whose shapes match diffusers' own fast tests (hf-internal-testing's
-tiny-random-t5: d_model 32), but nothing may be downloaded: the tokenizer is a small Unigram model
-(transformers' T5Tokenizer wraps the `tokenizers` library) over single letters and a few words,
-with T5's pad/eos/unk ids 0/1/2, and the encoders are random weights from a config.
+Wan, LTX-Video and CogVideoX encode prompts with T5-family encoders, and their repositories ship the
+tokenizer as a sentencepiece `spiece.model` (CogVideoX and LTX-Video with no tokenizer.json). The tiny
+tokenizer is the same kind of file, trained here by the sentencepiece trainer on a small corpus
+(nothing is downloaded), and loaded the way a real one is: transformers converts it with
+sentencepiece and protobuf. The encoders are random weights from a config, in the shapes of
+diffusers' own fast tests (hf-internal-testing's tiny-random-t5: d_model 32).
 """
 
 from __future__ import annotations
 
+import io
+import json
 import string
+import tempfile
+from pathlib import Path
 
 TEXT_DIM = 32  # d_model of the tiny encoders: the tiny transformers' text_dim / caption_channels
-VOCAB_SIZE = 128  # embedding rows; the tokenizer's ids all fall below it
-_WORDS = ("a", "the", "of", "on", "in", "and", "cat", "dog", "sea", "sky", "moving", "camera", "slowly")
+VOCAB_SIZE = 256  # embedding rows; above the tokenizer's ids (pieces + T5's 100 sentinel ids), as in T5
+EXTRA_IDS = 100  # T5's <extra_id_N> sentinels, which every T5 tokenizer_config declares
+_CORPUS = (
+    "a cat on the sea", "the dog in the sky", "the camera moving slowly", "waves of the sea and the sky",
+    "A cat walks slowly on the beach.", "The camera pans across a city at night, cinematic!",
+    "a test scene", "a red car drives along the coast road in the evening light",
+)
+
+
+def write_spiece_model(path: Path) -> None:
+    """Train a tiny Unigram sentencepiece model into `path`, with T5's ids: pad 0, eos 1, unk 2, no bos."""
+    import sentencepiece
+
+    # Every letter, digit and common mark gets a piece; words of the corpus become whole pieces.
+    sentences = [*_CORPUS * 8, " ".join(string.ascii_letters + string.digits + ".,!?'-:;()\"")]
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_writer=model, model_type="unigram", vocab_size=120,
+        hard_vocab_limit=False, character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>", num_threads=1, minloglevel=2,
+    )
+    path.write_bytes(model.getvalue())
+
+
+def write_t5_tokenizer(directory: Path, *, model_max_length: int = 512) -> Path:
+    """A T5 tokenizer folder as T5 repositories ship it: spiece.model, tokenizer_config.json and
+    special_tokens_map.json (no tokenizer.json: transformers builds that from spiece.model)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    write_spiece_model(directory / "spiece.model")
+    sentinels = [f"<extra_id_{i}>" for i in range(EXTRA_IDS)]
+    special = {"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
+               "additional_special_tokens": sentinels}
+    (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+    config = {**special, "extra_ids": EXTRA_IDS, "legacy": True, "model_max_length": model_max_length,
+              "sp_model_kwargs": {}, "tokenizer_class": "T5Tokenizer", "clean_up_tokenization_spaces": True}
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return directory
 
 
 def build_t5_tokenizer():
-    """A T5 tokenizer over letters, digits and a handful of words: every prompt tokenizes, nothing is fetched."""
+    """A T5 tokenizer loaded from a freshly trained spiece.model: every prompt tokenizes, nothing is fetched."""
     from transformers import T5Tokenizer
 
-    # Unigram scores: whole words beat spelling them out; unknown characters fall back to <unk>.
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    vocab += [(f"▁{word}", -1.0) for word in _WORDS]
-    vocab += [(char, -3.0) for char in string.ascii_lowercase + string.ascii_uppercase + string.digits + ".,!?'-"]
-    assert len(vocab) <= VOCAB_SIZE
-    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
+    with tempfile.TemporaryDirectory() as tmp:
+        return T5Tokenizer.from_pretrained(write_t5_tokenizer(Path(tmp)))
 
 
 def _config_kwargs() -> dict:

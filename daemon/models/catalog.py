@@ -14,6 +14,7 @@ from daemon.errors import ConfigError
 from daemon.settings import Settings
 from pipeline.backends import RULES, ModelSource, parse_model
 from pipeline.backends.base import BackendRules
+from pipeline.tiny import tiny_rules
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,9 @@ class ServedModel:
 
     @property
     def rules(self) -> BackendRules:
-        return RULES[self.source.backend]
+        """The backend's rules; a tiny model's presets are tiny too."""
+        rules = RULES[self.source.backend]
+        return tiny_rules(rules) if self.source.tiny else rules
 
     def tiny_dir(self, state_dir: Path) -> Path:
         """Where the tiny model of this backend is saved (state/models/tiny-<backend>)."""

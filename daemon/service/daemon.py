@@ -13,7 +13,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import __version__, logs, metrics
-from daemon.models.catalog import ModelCatalog, ServedModel
+from daemon.models.catalog import ModelCatalog
+from daemon.models.loading import load_models, placement_for
 from daemon.db.engine import cannot_write, make_engine, session_factory, sqlite_path, unwritable_reason, upgrade
 from daemon.errors import I2vdError
 from daemon.events.background import EventServices
@@ -30,52 +31,14 @@ from daemon.intake.watcher import choose_mode, filesystem_type, needs_polling, s
 from daemon.worker.registry import WorkerRegistry, this_process
 
 if TYPE_CHECKING:
-    from daemon.models.pool import LoadedModel, ModelPool
+    from daemon.models.pool import ModelPool
     from daemon.worker.runner import Worker
-    from pipeline.runtime import Placement
 
 log = get_logger("i2vd.service")
 
 MAX_LOOP_SLEEP = 1.0  # seconds; the main loop never sleeps longer (signals, rescans, recovery)
 RECOVERY_INTERVAL = 15.0
 STATUS_INTERVAL = 1.0  # seconds between STATUS= updates to systemd (sent only when the text changed)
-
-
-def load_generator(settings: Settings, placement: Placement, model: ServedModel) -> LoadedModel:
-    """Load one served model; a tiny smoke-test model is built on first use."""
-    from daemon.models.pool import LoadedModel
-    from pipeline.backends import cached_revision, get_backend
-    from pipeline.generate import VideoGenerator
-    from pipeline.tiny import ensure_tiny_model
-
-    backend = get_backend(model.source.backend)
-    source = model.source.source
-    if model.source.tiny:
-        source = str(ensure_tiny_model(model.tiny_dir(settings.state_dir), model.source.backend))
-        log.warning("smoke_test_model", model=model.name,
-                    detail=f"{model.source.value}: a tiny random model; videos are noise")
-    elif placement.device.type == "cpu":
-        log.warning("cpu_generation_slow", model=model.name, detail="no CUDA GPU: generation with a real "
-                    "model on CPU takes hours per video; set I2VD_DEVICE=cuda on a GPU machine")
-    log.info("model_loading", model=model.name, id=model.source.value, backend=model.source.backend,
-             device=str(placement.device), dtype=str(placement.dtype).removeprefix("torch."))
-    started = time.monotonic()
-    generator = VideoGenerator(backend.load(source, placement), placement, backend=backend,
-                               inject_oom_above=settings.fault_oom_above,
-                               decode_chunk_size=settings.decode_chunk_size)
-    revision = None if model.source.tiny or Path(source).is_dir() else cached_revision(source)
-    log.info("model_loaded", model=model.name, seconds=round(time.monotonic() - started, 2))
-    return LoadedModel(model, generator, revision)
-
-
-def load_models(settings: Settings, placement: Placement, catalog: ModelCatalog) -> ModelPool:
-    """The worker's model pool, with the default model loaded now (a broken setup fails at start)."""
-    from daemon.models.pool import ModelPool
-
-    pool = ModelPool(catalog, lambda model: load_generator(settings, placement, model),
-                     str(placement.device), settings.max_loaded_models)
-    pool.get(catalog.default.name)
-    return pool
 
 
 class Daemon:
@@ -138,17 +101,17 @@ class Daemon:
                     metrics_server = self._start_metrics(queue, None)
                     metrics.info.info({"version": __version__, "role": "intake"})
                 else:
-                    from pipeline.runtime import resolve_placement
+                    from pipeline.runtime import dtype_name, resolve_placement
 
-                    placement = resolve_placement(s.device, s.dtype)
+                    device = resolve_placement(s.device).device
                     # Before the load: a taken port fails fast.
-                    metrics_server = self._start_metrics(queue, placement.device)
+                    metrics_server = self._start_metrics(queue, device)
                     self.notifier.status(f"Starting: loading model {catalog.default.value}")
-                    pool = load_models(s, placement, catalog)
+                    pool = load_models(s, device, catalog)
                     served = ", ".join(m.value for m in catalog.models)
                     metrics.info.info({"version": __version__, "role": "worker", "model": served,
-                                       "device": str(placement.device),
-                                       "dtype": str(placement.dtype).removeprefix("torch.")})
+                                       "device": str(device),
+                                       "dtype": dtype_name(placement_for(s, device, catalog.default).dtype)})
             if self.stop.is_set():
                 self.notifier.stopping("Stopped during start-up")
                 return 0

@@ -25,7 +25,7 @@ from daemon.models.pool import LoadedModel, ModelPool
 from daemon.settings import Settings
 from daemon.periodic import PeriodicTask
 from pipeline.backends.base import Progress
-from pipeline.errors import EncodeError, GenerationInterrupted
+from pipeline.errors import GenerationInterrupted, PipelineError
 from pipeline.oom import OomLadder, Rung, free_memory, is_oom, peak_memory_bytes
 from pipeline.params import GenerationParams
 from pipeline.previews import write_poster, write_preview
@@ -220,9 +220,8 @@ class Worker:
             self.queue.schedule_retry(job.id, self.owner, decision.delay_seconds, message)
             log.warning("job_retry_scheduled", job_id=job.id, error=message, delay_seconds=decision.delay_seconds)
             return
-        code = exc.code if isinstance(exc, InputRejected) else (
-            "out_of_memory" if isinstance(exc, LadderExhausted) else
-            "encode_error" if isinstance(exc, EncodeError) else "generation_error")
+        code = exc.code if isinstance(exc, (InputRejected, PipelineError)) else (
+            "out_of_memory" if isinstance(exc, LadderExhausted) else "generation_error")
         self.queue.fail(job.id, code, message, owner=self.owner)
         log.error("job_failed", job_id=job.id, error_code=code, error=message)
 

@@ -11,7 +11,7 @@ import functools
 import importlib
 import json
 import pkgutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipeline.backends.base import BackendRules, VideoBackend, looks_like_path
@@ -52,16 +52,24 @@ def backend_for_class(class_name: str) -> str:
                       + ", ".join(c for r in RULES.values() for c in r.pipeline_classes))
 
 
-def detect_backend(model_dir: str | Path) -> str:
-    """The backend of a diffusers folder, from model_index.json's `_class_name`."""
-    index = Path(model_dir).expanduser() / "model_index.json"
+def detect_backend(model_dir: str | Path, backend: str | None = None) -> str:
+    """The backend of a diffusers folder, from model_index.json's `_class_name` (or `backend`, checked).
+
+    LookupError when no backend serves it, a text-only checkpoint included.
+    """
+    path = Path(model_dir).expanduser() / "model_index.json"
     try:
-        class_name = json.loads(index.read_text())["_class_name"]
+        index = json.loads(path.read_text())
+        class_name = index["_class_name"]
     except FileNotFoundError:
-        raise LookupError(f"{index.parent} has no model_index.json (not a diffusers pipeline folder)") from None
+        raise LookupError(f"{path.parent} has no model_index.json (not a diffusers pipeline folder)") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise LookupError(f"cannot read the pipeline class from {index}: {exc}") from None
-    return backend_for_class(class_name)
+        raise LookupError(f"cannot read the pipeline class from {path}: {exc}") from None
+    backend = backend or backend_for_class(class_name)
+    refusal = RULES[backend].refusal(index) if class_name in RULES[backend].pipeline_classes else None
+    if refusal:
+        raise LookupError(f"{path.parent} is {refusal}")
+    return backend
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,7 @@ class ModelSource:
     backend: str
     source: str  # hub id or local folder; for a tiny model, the backend name
     tiny: bool = False
+    dtype: str | None = None  # from a `;<dtype>` suffix; None: I2VD_DTYPE, else the backend's default
 
     @property
     def value(self) -> str:
@@ -78,31 +87,51 @@ class ModelSource:
         return f"{TINY}:{self.backend}" if self.tiny else self.source
 
 
+DTYPES = ("float16", "bfloat16", "float32")
+
+
 def parse_model(value: str) -> ModelSource:
     """`tiny[:<backend>]`, `<backend>` (its default weights), `<backend>:<hub id or folder>`,
     a local diffusers folder (detected from model_index.json), or a hub id (from the local hub
-    cache's model_index.json, else from the backends' known hub ids). LookupError says what to write.
+    cache's model_index.json, else from the backends' known hub ids); any of them optionally followed
+    by `;float16`, `;bfloat16` or `;float32` (its dtype). LookupError says what to write.
     """
-    value = value.strip()
+    value, _, dtype = (part.strip() for part in value.partition(";"))
+    if dtype and dtype not in DTYPES:
+        raise LookupError(f"unknown dtype {dtype!r} after ';': write {', '.join(DTYPES)}")
+    return replace(_parse_value(value), dtype=dtype or None)
+
+
+def _parse_value(value: str) -> ModelSource:
     prefix, sep, rest = value.partition(":")
     if value == TINY or (sep and prefix == TINY):
         backend = rest or DEFAULT_BACKEND
         _known(backend)
         return ModelSource(backend, backend, tiny=True)
     if value in RULES:
-        return ModelSource(value, RULES[value].default_model)
+        return _checked(ModelSource(value, RULES[value].default_model))
     if sep and prefix in RULES:
-        return ModelSource(prefix, rest)
+        return _checked(ModelSource(prefix, rest))
     if looks_like_path(value):
         return ModelSource(detect_backend(value), value)
-    for rules in RULES.values():
-        if any(value.lower().startswith(p.lower()) for p in rules.hub_prefixes):
-            return ModelSource(rules.name, value)
     cached = _cached_model_index(value)
     if cached is not None:
         return ModelSource(detect_backend(cached.parent), value)
+    for rules in RULES.values():
+        if any(value.lower().startswith(p.lower()) for p in rules.hub_prefixes):
+            return ModelSource(rules.name, value)
     raise LookupError(f"cannot tell which backend runs {value!r}: name it as <backend>:{value} "
                       f"(backends: {', '.join(RULES)})")
+
+
+def _checked(source: ModelSource) -> ModelSource:
+    """`source`, when its checkpoint (a folder, or a hub id's copy in the local cache) suits its backend."""
+    if looks_like_path(source.source):
+        if (Path(source.source).expanduser() / "model_index.json").is_file():  # a missing one fails at load
+            detect_backend(source.source, source.backend)
+    elif (cached := _cached_model_index(source.source)) is not None:
+        detect_backend(cached.parent, source.backend)
+    return source
 
 
 def _known(backend: str) -> None:

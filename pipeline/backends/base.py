@@ -6,6 +6,7 @@ load the model stack. The helpers at the bottom import torch/diffusers inside th
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 import weakref
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pipeline.errors import ModelUnavailable
+from pipeline.errors import ModelUnavailable, NonFiniteOutput
 
 if TYPE_CHECKING:
     import numpy
@@ -87,6 +88,23 @@ class BackendRules:
     # Additive fields (defaults keep every backend file valid):
     hub_prefixes: tuple[str, ...] = field(default=())
     """Hub ids starting with one of these (case-insensitive) are this backend's, e.g. "Wan-AI/"."""
+    default_dtype: str = "float16"
+    """The dtype on CUDA when none is set: the one the default weights were trained and published in."""
+    image_capable_when: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    """Pipeline classes served only when model_index.json holds these values: text-only checkpoints
+    share the class name (Wan2.1-T2V and Wan2.2-TI2V-5B are both WanPipeline)."""
+
+    def refusal(self, index: Mapping[str, object]) -> str | None:
+        """Why this backend cannot serve a checkpoint with this model_index.json, or None."""
+        class_name = index.get("_class_name")
+        if class_name not in self.pipeline_classes:
+            return f"{self.name} serves {', '.join(self.pipeline_classes)}, not {class_name}"
+        missing = {k: v for k, v in self.image_capable_when.get(class_name, {}).items() if index.get(k) != v}
+        if missing:
+            wanted = ", ".join(f"{k}: {json.dumps(v)}" for k, v in missing.items())
+            return (f"a text-only {class_name} checkpoint (its model_index.json lacks {wanted}); "
+                    f"{self.name} serves image-to-video ones such as {self.default_model}")
+        return None
 
     def __post_init__(self) -> None:
         unknown = set(self.ladder_rungs) - set(LADDER_RUNGS)
@@ -224,6 +242,7 @@ def step_callback(report: ProgressCallback, total: int):
     """
 
     def on_step_end(_pipe, index: int, _timestep, callback_kwargs: dict) -> dict:
+        check_finite(callback_kwargs.get("latents"), f"latents after denoising step {index + 1}")
         report(Progress("denoising", index + 1, total))
         if index + 1 == total:
             report(Progress("decoding"))
@@ -232,13 +251,29 @@ def step_callback(report: ProgressCallback, total: int):
     return on_step_end
 
 
+def check_finite(latents, what: str) -> None:
+    """NonFiniteOutput when a latents tensor holds NaN or Inf: one reduction, so a step pays almost nothing."""
+    import torch
+
+    if isinstance(latents, torch.Tensor) and not bool(torch.isfinite(latents).all()):
+        raise NonFiniteOutput(f"NaN/Inf in the {what}")
+
+
 def to_uint8(frames) -> numpy.ndarray:
-    """Pipeline output frames in [0, 1] (output_type="np", batch of one) as uint8 (N, H, W, 3)."""
+    """Pipeline output frames in [0, 1] (output_type="np", batch of one) as uint8 (N, H, W, 3).
+
+    NaN would become black and a constant stack a blank video, both published as a success:
+    NonFiniteOutput instead.
+    """
     import numpy as np
 
     array = np.asarray(frames)
     if array.ndim == 5:
         array = array[0]
+    if not np.isfinite(array).all():
+        raise NonFiniteOutput("NaN/Inf in the decoded frames")
+    if array.size and array.min() == array.max():
+        raise NonFiniteOutput(f"every decoded pixel is {float(array.flat[0]):.3g} (a constant frame stack)")
     return (array * 255).round().clip(0, 255).astype(np.uint8)
 
 

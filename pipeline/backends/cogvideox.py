@@ -43,6 +43,7 @@ RULES = BackendRules(
     ladder_rungs=("vae_slicing", "cpu_offload", "sequential_offload"),
     licence="CogVideoX License (5B weights)",
     hub_prefixes=("THUDM/CogVideoX", "zai-org/CogVideoX"),
+    default_dtype="bfloat16",  # trained and published in bf16; fp16 overflows (NaN)
 )
 
 
@@ -87,7 +88,7 @@ class Backend:
         transformer = CogVideoXTransformer3DModel(
             num_attention_heads=2, attention_head_dim=16, in_channels=8, out_channels=4, time_embed_dim=2,
             text_embed_dim=TEXT_DIM, num_layers=1, sample_width=4, sample_height=4, sample_frames=9,
-            patch_size=2, temporal_compression_ratio=4, max_text_seq_length=16,
+            patch_size=2, temporal_compression_ratio=4, max_text_seq_length=226,  # the real prompt length
             use_rotary_positional_embeddings=True, use_learned_positional_embeddings=True,
         )
         vae = AutoencoderKLCogVideoX(

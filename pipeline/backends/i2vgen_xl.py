@@ -21,6 +21,7 @@ from pipeline.backends.base import (
     Progress,
     ProgressCallback,
     apply_memory_options,
+    check_finite,
     from_pretrained,
     seeded_generator,
     to_uint8,
@@ -183,6 +184,7 @@ class _counting_steps:
             nonlocal done
             out = original(*args, **kwargs)
             done += 1
+            check_finite(getattr(out, "prev_sample", None), f"latents after denoising step {done}")
             self.report(Progress("denoising", done, self.total))
             if done == self.total:
                 self.report(Progress("decoding"))

@@ -45,6 +45,7 @@ RULES = BackendRules(
     ladder_rungs=LADDER_RUNGS,
     licence="OpenRAIL-M (0.9.0-0.9.1); LTXV Open Weights License (0.9.5 and later)",
     hub_prefixes=("Lightricks/LTX-Video",),
+    default_dtype="bfloat16",  # trained and published in bf16
 )
 
 

@@ -18,11 +18,13 @@ from pipeline.backends.base import (
     generate_with_text,
     from_pretrained,
 )
+from pipeline.errors import ModelUnavailable
 
 # Wan2.2-TI2V-5B's card: 1280x704 (or 704x1280), 121 frames at 24 fps, 50 steps, guidance 5.0.
 RULES = BackendRules(
     name="wan",
-    pipeline_classes=("WanImageToVideoPipeline",),
+    # Wan2.2-TI2V-5B-Diffusers is saved as WanPipeline (text and image in one model); so is Wan2.1-T2V.
+    pipeline_classes=("WanImageToVideoPipeline", "WanPipeline"),
     default_model="Wan-AI/Wan2.2-TI2V-5B-Diffusers",
     prompt_required=True,
     # VAE stride x patch size: 16x2 for TI2V-5B, 8x2 for the 14B models. 32 suits both (the pipeline
@@ -43,6 +45,8 @@ RULES = BackendRules(
     ladder_rungs=LADDER_RUNGS,
     licence="Apache-2.0",
     hub_prefixes=("Wan-AI/",),
+    default_dtype="bfloat16",  # trained and published in bf16
+    image_capable_when={"WanPipeline": {"expand_timesteps": True}},  # TI2V: the image is the first latent frame
 )
 
 
@@ -51,8 +55,15 @@ class Backend:
 
     def load(self, model: str, placement):
         import torch
-        from diffusers import WanImageToVideoPipeline
+        from diffusers import DiffusionPipeline, WanImageToVideoPipeline
 
+        try:
+            index = DiffusionPipeline.load_config(model)
+        except Exception:  # noqa: BLE001  from_pretrained below says why in one line
+            index = None
+        refusal = index and RULES.refusal(index)
+        if refusal:
+            raise ModelUnavailable(f"model {model!r} is {refusal}")
         pipe = from_pretrained(WanImageToVideoPipeline, model, placement, try_fp16_variant=False)
         if placement.dtype != torch.float32:
             # Wan's own examples keep the VAE in float32: in half precision its decode loses detail.
@@ -82,7 +93,7 @@ class Backend:
         transformer = WanTransformer3DModel(
             patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=48, out_channels=48,
             text_dim=TEXT_DIM, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+            qk_norm="rms_norm_across_heads", rope_max_seq_len=1024,
         )
         scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
         return WanImageToVideoPipeline(

@@ -79,7 +79,7 @@ def test_rescan_finds_what_events_missed(harness, dirs):
 
 
 def test_subfolder_preset_and_mirroring(harness):
-    h = harness()
+    h = harness(model="i2vgen-xl")  # its real presets (a tiny model's are all 32x32); intake loads no model
     write_image(h.inbox / "preview" / "project a" / "shot.png")
     (h.inbox / "preview" / "project a" / "shot.json").write_text(json.dumps({"prompt": "p"}))
     write_image(h.inbox / "clients" / "acme" / "logo.png")

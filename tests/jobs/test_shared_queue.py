@@ -146,7 +146,7 @@ def test_a_worker_whose_job_was_taken_over_meanwhile_publishes_nothing(dirs, pos
     settings = make_settings(dirs, database_url=postgres_url, lease_seconds=600)  # no heartbeat in time
     queue = make_shared_queue(postgres_url)
     catalog = ModelCatalog.from_settings(settings)
-    worker = Worker(settings, queue, load_models(settings, resolve_placement("cpu", "auto"), catalog))
+    worker = Worker(settings, queue, load_models(settings, resolve_placement("cpu").device, catalog))
     params = resolve(Sidecar(prompt="a test scene", **TINY_SIDECAR), catalog.default.rules,
                      default_preset="preview", default_fps=8)
     image = write_image(dirs["inbox"] / "done" / "a.png")

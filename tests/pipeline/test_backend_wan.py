@@ -25,6 +25,12 @@ class TestWan(BackendContract):
         high = rules.presets["high"]
         assert (high.width, high.height, high.num_frames, high.fps) == (1280, 704, 121, 24)  # TI2V-5B native
 
+    def test_the_tiny_model_takes_the_full_size(self, pipe):
+        """rope_max_seq_len at the real 1024: with 32, any width above 1024 failed in the rotary embedding."""
+        assert pipe.transformer.config.rope_max_seq_len == 1024
+        frames = self.run(pipe, self.params(width=1280, height=704, num_frames=5, steps=1))
+        assert frames.shape == (5, 704, 1280, 3)
+
 
 def tiny_wan21(tmp_path):
     """Wan2.1-I2V-14B's layout (CLIP image encoder, 8x VAE, 36 input channels), diffusers' fast-test shapes."""
@@ -43,7 +49,7 @@ def tiny_wan21(tmp_path):
     transformer = WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36, out_channels=16,
         text_dim=TEXT_DIM, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=32, image_dim=4)
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=1024, image_dim=4)
     image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
         hidden_size=4, projection_dim=4, num_hidden_layers=2, num_attention_heads=2, image_size=32,
         intermediate_size=16, patch_size=1))
@@ -68,7 +74,7 @@ def tiny_wan22_a14b(tmp_path):
         return WanTransformer3DModel(
             patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36, out_channels=16,
             text_dim=TEXT_DIM, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+            qk_norm="rms_norm_across_heads", rope_max_seq_len=1024)
 
     torch.manual_seed(0)
     WanImageToVideoPipeline(

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
 
-from support.files import probe
-from pipeline.errors import GenerationInterrupted, ModelUnavailable
+from support.daemons import daemon_env, wait_for
+from support.files import drop_pair, probe
+from pipeline.errors import GenerationInterrupted, ModelUnavailable, NonFiniteOutput
 from pipeline.backends.i2vgen_xl import encode_prompt
 from pipeline.generate import VideoGenerator
-from pipeline.runtime import load_pipeline, resolve_placement
+from pipeline.runtime import choose_dtype, load_pipeline, resolve_placement
 from pipeline.params import GenerationParams
 from pipeline.video import encode_mp4
 
@@ -110,3 +112,70 @@ def test_cuda_requested_without_gpu_is_refused():
     with pytest.raises(ModelUnavailable, match="no CUDA GPU"):
         resolve_placement("cuda", "auto")
     assert resolve_placement("auto", "auto").dtype == torch.float32
+
+
+# -- numerics: NaN/Inf or a constant stack is a failure, never a video -----------------------------
+
+
+@pytest.fixture
+def fresh_generator(tiny_model_dir) -> VideoGenerator:
+    """A pipeline of its own: the fault-injection tests break its weights."""
+    placement = resolve_placement("cpu", "float32")
+    return VideoGenerator(load_pipeline(str(tiny_model_dir), placement), placement)
+
+
+def test_nan_in_the_denoiser_fails_at_the_step_it_appears(fresh_generator):
+    with torch.no_grad():
+        fresh_generator.pipe.unet.conv_out.weight.fill_(float("nan"))
+    seen = []
+    with pytest.raises(NonFiniteOutput) as info:
+        fresh_generator.generate(PIL.Image.new("RGB", (32, 32), (90, 30, 10)), PARAMS, seen.append)  # 10 steps
+    assert "latents after denoising step 1" in str(info.value) and "float32" in str(info.value)
+    assert max(p.step or 0 for p in seen) <= 1  # stopped at once, not after ten steps and a decode
+    assert info.value.code == "nonfinite_output" and not info.value.retryable
+
+
+def test_nan_or_constant_frames_from_the_decoder_fail(fresh_generator):
+    image, params = PIL.Image.new("RGB", (32, 32), (90, 30, 10)), dataclasses.replace(PARAMS, steps=2)
+    conv_out = fresh_generator.pipe.vae.decoder.conv_out
+    with torch.no_grad():
+        conv_out.bias.fill_(float("nan"))
+    with pytest.raises(NonFiniteOutput, match="NaN/Inf in the decoded frames"):
+        fresh_generator.generate(image, params)
+    with torch.no_grad():  # a decoder that ignores its input: every pixel the same grey
+        conv_out.weight.zero_()
+        conv_out.bias.zero_()
+    with pytest.raises(NonFiniteOutput, match="constant frame stack"):
+        fresh_generator.generate(image, params)
+
+
+def test_auto_dtype_is_the_backends_on_cuda_and_float32_on_the_cpu():
+    from pipeline.backends import RULES
+
+    defaults = {name: rules.default_dtype for name, rules in RULES.items()}
+    assert defaults == {"cogvideox": "bfloat16", "i2vgen-xl": "float16", "ltx": "bfloat16", "svd": "float16",
+                        "wan": "bfloat16"}
+    assert choose_dtype("cuda", "auto", "bfloat16") == "bfloat16"
+    assert choose_dtype("cuda", "float16", "bfloat16") == "float16"  # I2VD_DTYPE or the model's own option
+    assert choose_dtype("cpu", "auto", "bfloat16") == "float32"
+    assert resolve_placement("cpu", "auto", "bfloat16").dtype == torch.float32
+
+
+def test_a_model_that_makes_nan_fails_the_job_as_nonfinite_output_and_publishes_nothing(
+        tiny_model_dir, tmp_path, dirs, run_daemon):
+    """A real NaN from the pipeline (a broken denoiser weight) through the daemon: a failed job with its
+    code, never a black MP4 published as a success."""
+    placement = resolve_placement("cpu", "float32")
+    broken = load_pipeline(str(tiny_model_dir), placement)
+    with torch.no_grad():
+        broken.unet.conv_out.weight.fill_(float("nan"))
+    broken.save_pretrained(tmp_path / "nan-model")
+    drop_pair(dirs["inbox"], "scene")
+    daemon = run_daemon(daemon_env(dirs, I2VD_MODEL=str(tmp_path / "nan-model"), I2VD_MAX_RETRIES="0"))
+    daemon.wait_ready(timeout=120)
+    failed = wait_for(lambda: next((line for line in map(json.loads, (dirs["state"] / "i2vd.log").read_text()
+                                                         .splitlines()) if line["event"] == "job_failed"), None),
+                      timeout=180, what="job_failed")
+    assert failed["error_code"] == "nonfinite_output" and "float32" in failed["error"]
+    assert daemon.stop() == 0
+    assert list(dirs["outputs"].rglob("*.mp4")) == []

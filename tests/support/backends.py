@@ -187,5 +187,6 @@ class BackendContract:
         model = metadata["model"]
         assert (model["id"], model["backend"], model["smoke_test"]) == (f"tiny:{self.name}", self.name, True)
         assert model["pipeline_class"] == self.pipeline_class
+        assert model["dtype"] == "float32"  # auto on the CPU, whatever the backend's CUDA default
         assert daemon.stop() == 0
         assert "Traceback" not in daemon.output
