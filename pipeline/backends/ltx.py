@@ -16,11 +16,13 @@ from pipeline.backends.base import (
     MemoryOptions,
     Preset,
     ProgressCallback,
-    generate_with_text,
     from_pretrained,
+    generate_with_text,
 )
+from pipeline.framing import Framing, plan
 
 CONDITION_PIPELINE = "LTXConditionPipeline"
+MAX_SEQUENCE_LENGTH = 256
 
 # LTX-Video's card: sizes divisible by 32, 8k+1 frames, best below 720x1280 and 257 frames; the
 # diffusers examples use 704x480 / 768x512, 161 frames, 50 steps (40 with guidance 3), 24-30 fps.
@@ -45,6 +47,7 @@ RULES = BackendRules(
     ladder_rungs=LADDER_RUNGS,
     licence="OpenRAIL-M (0.9.0-0.9.1); LTXV Open Weights License (0.9.5 and later)",
     hub_prefixes=("Lightricks/LTX-Video",),
+    keeps_image_aspect=True,
 )
 
 
@@ -106,11 +109,17 @@ class Backend:
             tokenizer=build_t5_tokenizer(), transformer=transformer,
         )
 
+    def framing(self, pipe, source, params) -> Framing:
+        return plan(source, params, self.rules)
+
     def generate(self, pipe, image, params, report: ProgressCallback, memory: MemoryOptions):
-        extra = {"frame_rate": params.fps}
+        # LTX-Video was trained on 256 T5 tokens (its inference.py, and LTXConditionPipeline's default);
+        # LTXImageToVideoPipeline's default of 128 would cut longer prompts in half.
+        extra = {"frame_rate": params.fps, "max_sequence_length": MAX_SEQUENCE_LENGTH}
         if pipe.vae.config.timestep_conditioning:
             # Timestep-aware VAEs (0.9.1 on) decode best slightly noised: the values diffusers documents.
             extra.update(decode_timestep=0.05, decode_noise_scale=0.025)
             if type(pipe).__name__ == CONDITION_PIPELINE:
                 extra["image_cond_noise_scale"] = 0.025
-        return generate_with_text(pipe, image, params, report, memory, **extra)
+        return generate_with_text(pipe, image, self.framing(pipe, image.size, params), params, report, memory,
+                                  **extra)
