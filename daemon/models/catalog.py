@@ -12,8 +12,9 @@ from pathlib import Path
 
 from daemon.errors import ConfigError
 from daemon.settings import Settings
-from pipeline.backends import RULES, ModelSource, parse_model
+from pipeline.backends import ModelSource, parse_model
 from pipeline.backends.base import BackendRules
+from pipeline.native import native_rules
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,8 @@ class ServedModel:
 
     @property
     def rules(self) -> BackendRules:
-        return RULES[self.source.backend]
+        """The backend's rules with this checkpoint's native presets (fps, frames, steps its configs imply)."""
+        return native_rules(self.source)
 
     def tiny_dir(self, state_dir: Path) -> Path:
         """Where the tiny model of this backend is saved (state/models/tiny-<backend>)."""

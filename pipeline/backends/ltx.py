@@ -2,9 +2,9 @@
 
 Checkpoints from 0.9.5 on run through LTXConditionPipeline, older ones (0.9.0, 0.9.1) through
 LTXImageToVideoPipeline. Some 0.9.5+ folders are saved as LTXPipeline, so the VAE tells them apart too:
-0.9.5 brought a new VAE (LTXVideo095DownBlock3D). Distilled checkpoints
-want 4-10 steps and guidance 1, which a sidecar (or a preset folder) asks for like any other
-parameter. Frame-rate conditioning is the video's fps.
+0.9.5 brought a new VAE (LTXVideo095DownBlock3D). The presets are the distilled default's (8 steps,
+guidance 1); a non-distilled checkpoint gets its own from pipeline.native. Frame-rate conditioning is
+the video's fps.
 """
 
 from __future__ import annotations
@@ -24,12 +24,16 @@ from pipeline.framing import Framing, plan
 CONDITION_PIPELINE = "LTXConditionPipeline"
 MAX_SEQUENCE_LENGTH = 256
 
-# LTX-Video's card: sizes divisible by 32, 8k+1 frames, best below 720x1280 and 257 frames; the
-# diffusers examples use 704x480 / 768x512, 161 frames, 50 steps (40 with guidance 3), 24-30 fps.
+# The default is the newest LTX-Video checkpoint in diffusers' format that diffusers 0.42 loads:
+# 0.9.8 13B distilled (LTXConditionPipeline; LTX-2 is another model family and pipeline). Distilled, it
+# samples in 8 steps without guidance (diffusers' LTX docs: guidance 1.0 for distilled variants); the
+# issue's 768x512x121 job is its standard preset. Its card: sizes divisible by 32, 8k+1 frames, best
+# below 720x1280 and 257 frames. Non-distilled checkpoints get 40-50 steps and guidance 3
+# (pipeline.native). Every size is a pixel budget in the image's aspect ratio.
 RULES = BackendRules(
     name="ltx",
     pipeline_classes=(CONDITION_PIPELINE, "LTXImageToVideoPipeline", "LTXPipeline"),
-    default_model="Lightricks/LTX-Video",
+    default_model="Lightricks/LTX-Video-0.9.8-13B-distilled",
     prompt_required=True,
     size_multiple=32,
     min_size=32,
@@ -39,13 +43,13 @@ RULES = BackendRules(
     guidance_range=(1.0, 10.0),
     fps_range=(8, 60),
     presets={
-        "preview": Preset(width=512, height=352, num_frames=65, steps=20, fps=24, guidance_scale=3.0),
-        "standard": Preset(width=704, height=480, num_frames=121, steps=40, fps=24, guidance_scale=3.0),
-        "high": Preset(width=768, height=512, num_frames=161, steps=50, fps=24, guidance_scale=3.0),
-        "max": Preset(width=1216, height=704, num_frames=257, steps=50, fps=24, guidance_scale=3.0),
+        "preview": Preset(width=512, height=352, num_frames=65, steps=8, fps=24, guidance_scale=1.0),
+        "standard": Preset(width=768, height=512, num_frames=121, steps=8, fps=24, guidance_scale=1.0),
+        "high": Preset(width=1216, height=704, num_frames=121, steps=8, fps=24, guidance_scale=1.0),
+        "max": Preset(width=1216, height=704, num_frames=257, steps=8, fps=24, guidance_scale=1.0),
     },
     ladder_rungs=LADDER_RUNGS,
-    licence="OpenRAIL-M (0.9.0-0.9.1); LTXV Open Weights License (0.9.5 and later)",
+    licence="LTXV Open Weights License (0.9.5 and later, the default 0.9.8 included); OpenRAIL-M (0.9.0-0.9.1)",
     hub_prefixes=("Lightricks/LTX-Video",),
     keeps_image_aspect=True,
 )
