@@ -243,3 +243,27 @@ def test_i2vgen_xl_uses_the_authors_negative_prompt_when_the_job_has_none(i2vgen
 
     assert np.array_equal(video(None), video(NEGATIVE_PROMPT))
 
+
+
+# -- the daemon records the framing -------------------------------------------------------------------
+
+
+def test_metadata_records_the_crop(dirs, run_daemon):
+    """A 48x40 image made into a 32x32 video: the metadata says which 40x40 middle the model saw."""
+    import json
+
+    from support.daemons import daemon_env, wait_for
+    from support.files import probe, write_image
+
+    inbox, outputs = dirs["inbox"], dirs["outputs"]
+    write_image(inbox / ".scene.png.tmp", size=(48, 40), fmt="PNG").rename(inbox / "scene.png")
+    sidecar = {"width": 32, "height": 32, "num_frames": 2, "steps": 2, "fps": 8}
+    (inbox / ".scene.json.tmp").write_text(json.dumps(sidecar))
+    (inbox / ".scene.json.tmp").rename(inbox / "scene.json")
+    daemon = run_daemon(daemon_env(dirs, I2VD_MODEL="tiny:svd"))
+    daemon.wait_ready(timeout=120)
+    video = wait_for(lambda: next(iter(outputs.glob("scene_*.mp4")), None), timeout=120, what="the MP4")
+    assert probe(video)[2] == (32, 32)
+    metadata = json.loads(video.with_suffix(".json").read_text())
+    assert metadata["framing"] == {"source": [48, 40], "crop": [4, 0, 44, 40], "width": 32, "height": 32}
+    assert daemon.stop() == 0
