@@ -23,6 +23,9 @@ from pipeline.framing import Framing, plan
 
 CONDITION_PIPELINE = "LTXConditionPipeline"
 MAX_SEQUENCE_LENGTH = 256
+DISTILLED_TIMESTEPS = (1000, 993, 987, 981, 975, 909, 725, 0.03)
+"""The distilled checkpoints' own 8-step schedule (diffusers' LTX docs for 0.9.7 and 0.9.8 distilled: the
+base pass, with guidance 1.0, guidance_rescale 0.7 and no noise on the image condition)."""
 
 # The default is the newest LTX-Video checkpoint in diffusers' format that diffusers 0.42 loads:
 # 0.9.8 13B distilled (LTXConditionPipeline; LTX-2 is another model family and pipeline). Distilled, it
@@ -61,6 +64,11 @@ def pipeline_class_for(class_name: str | None, vae_config: dict | None = None):
 
     new_vae = "LTXVideo095DownBlock3D" in (vae_config or {}).get("down_block_types", ())
     return LTXConditionPipeline if class_name == CONDITION_PIPELINE or new_vae else LTXImageToVideoPipeline
+
+
+def is_distilled(pipe) -> bool:
+    """Distillation leaves no trace in the configs: Lightricks names those checkpoints "...-distilled"."""
+    return "distilled" in str(getattr(pipe, "name_or_path", "")).lower()
 
 
 class Backend:
@@ -120,10 +128,13 @@ class Backend:
         # LTX-Video was trained on 256 T5 tokens (its inference.py, and LTXConditionPipeline's default);
         # LTXImageToVideoPipeline's default of 128 would cut longer prompts in half.
         extra = {"frame_rate": params.fps, "max_sequence_length": MAX_SEQUENCE_LENGTH}
+        condition = type(pipe).__name__ == CONDITION_PIPELINE
         if pipe.vae.config.timestep_conditioning:
             # Timestep-aware VAEs (0.9.1 on) decode best slightly noised: the values diffusers documents.
             extra.update(decode_timestep=0.05, decode_noise_scale=0.025)
-            if type(pipe).__name__ == CONDITION_PIPELINE:
+            if condition:
                 extra["image_cond_noise_scale"] = 0.025
+        if condition and is_distilled(pipe) and params.steps == len(DISTILLED_TIMESTEPS):
+            extra.update(timesteps=list(DISTILLED_TIMESTEPS), guidance_rescale=0.7, image_cond_noise_scale=0.0)
         return generate_with_text(pipe, image, self.framing(pipe, image.size, params), params, report, memory,
                                   **extra)

@@ -164,6 +164,25 @@ def test_ltx_encodes_256_prompt_tokens_in_every_pipeline(tmp_path_factory):
     assert lengths and set(lengths) == {256}
 
 
+def test_ltx_distilled_checkpoint_samples_its_own_8_step_schedule(tmp_path_factory):
+    """A folder named as Lightricks names its distilled checkpoints gets their timesteps; others do not."""
+    import shutil
+
+    from pipeline.backends.ltx import DISTILLED_TIMESTEPS
+
+    _, directory = loaded(tmp_path_factory, "ltx")
+    distilled_dir = directory.parent / "LTX-Video-0.9.8-13B-distilled"
+    shutil.copytree(directory, distilled_dir)
+    backend = get_backend("ltx")
+    for folder, expected in ((distilled_dir, True), (directory, False)):
+        pipe = backend.load(str(folder), CPU)
+        frames = backend.generate(pipe, noise(48, 40), replace(PARAMS, steps=8, guidance_scale=1.0),
+                                  lambda _p: None, MemoryOptions())
+        assert frames.shape == (9, 32, 32, 3)
+        schedule = [round(float(t), 2) for t in pipe.scheduler.timesteps]
+        assert (schedule == list(DISTILLED_TIMESTEPS)) is expected, (folder.name, schedule)
+
+
 # -- Wan ----------------------------------------------------------------------------------------------
 
 
