@@ -169,12 +169,12 @@ def from_pretrained(pipeline_class, model: str, placement: Placement, *, try_fp1
             )
     fp16 = try_fp16_variant and placement.dtype in (torch.float16, torch.bfloat16)
     attempts = [{"variant": "fp16"}, {}] if fp16 else [{}]
+    dtype = {**component_dtypes, "default": placement.dtype} if component_dtypes else placement.dtype
     last_error: Exception | None = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation notices about the pipelines themselves
         for extra in attempts:
             try:
-                dtype = {**component_dtypes, "default": placement.dtype} if component_dtypes else placement.dtype
                 pipe = pipeline_class.from_pretrained(model, torch_dtype=dtype, **extra)
                 break
             except Exception as exc:  # hub, filesystem and config errors all mean "not loadable"
@@ -256,17 +256,16 @@ def to_uint8(frames) -> numpy.ndarray:
 
 
 def generate_with_text(pipe, image, framing: Framing, params: GenerationParams, report: ProgressCallback,
-                       memory: MemoryOptions, **extra) -> numpy.ndarray:
-    """The call the text-and-image pipelines share (Wan, LTX-Video, CogVideoX); `extra` is each one's own
-    (a `negative_prompt` there is the authors' default, used when the job has none)."""
+                       memory: MemoryOptions, *, default_negative_prompt: str = "", **extra) -> numpy.ndarray:
+    """The call the text-and-image pipelines share (Wan, LTX-Video, CogVideoX); `extra` is each one's own.
+    `default_negative_prompt` is the authors', for jobs without one."""
     apply_memory_options(pipe, memory)
     report(Progress("encoding_prompt"))
-    default_negative = extra.pop("negative_prompt", "")
     width, height = framing.size
     result = pipe(
         image=framing.apply(image),
         prompt=params.prompt,
-        negative_prompt=params.negative_prompt or default_negative,
+        negative_prompt=params.negative_prompt or default_negative_prompt,
         height=height,
         width=width,
         num_frames=params.num_frames,

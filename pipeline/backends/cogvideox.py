@@ -18,8 +18,8 @@ from pipeline.backends.base import (
     from_pretrained,
     generate_with_text,
 )
-from pipeline.framing import Framing, plan
 from pipeline.errors import PipelineError
+from pipeline.framing import Framing, plan
 
 # CogVideoX-5b-I2V's card: 720x480, 49 frames at 8 fps, 50 steps, guidance 6.
 RULES = BackendRules(

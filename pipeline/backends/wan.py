@@ -114,7 +114,8 @@ class Backend:
     def generate(self, pipe, image, params, report: ProgressCallback, memory: MemoryOptions):
         framing = self.framing(pipe, image.size, params)
         set_flow_shift(pipe, flow_shift_for(*framing.size))
-        return generate_with_text(pipe, image, framing, params, report, memory, negative_prompt=NEGATIVE_PROMPT)
+        return generate_with_text(pipe, image, framing, params, report, memory,
+                                  default_negative_prompt=NEGATIVE_PROMPT)
 
 
 def set_flow_shift(pipe, shift: float) -> None:

@@ -71,7 +71,10 @@ def test_first_block_cache_is_offered_only_to_denoisers_that_have_it():
 
 def test_ltx_full_pipeline_schedules_its_steps_without_mu():
     """The scheduler LTX-Video's checkpoints ship: LTXConditionPipeline passes sigmas and no `mu`."""
-    from diffusers.pipelines.ltx.pipeline_ltx_condition import linear_quadratic_schedule, retrieve_timesteps
+    from diffusers.pipelines.ltx.pipeline_ltx_condition import (
+        linear_quadratic_schedule,
+        retrieve_timesteps,
+    )
 
     from bench.full_models import FULL
 
