@@ -19,7 +19,7 @@ denoiser alone (FLOPs per step over seconds per step), the figure the issue's >=
     .venv/bin/python -m bench.gpu                   # CUDA: standard preset and 1280x704, fp16 and bf16
     .venv/bin/python -m bench.gpu --variants        # CUDA: one change at a time, standard preset
     .venv/bin/python -m bench.gpu --toy --variants  # anywhere: the tiny model, a smoke test (CPU default)
-    .venv/bin/python -m bench.gpu --backend ltx     # CUDA: LTX-Video's jobs (standard, distilled), bf16 and fp16
+    .venv/bin/python -m bench.gpu --backend ltx     # CUDA: LTX-Video's default job (0.9.8 13B distilled), bf16 and fp16
     .venv/bin/python -m bench.gpu --backend wan --variants --steps 4   # fewer steps: same s/step and MFU
     .venv/bin/python -m bench.gpu --flops           # anywhere: FLOPs per default job of every backend
     make gpu-bench                                  # CUDA: every backend's default job, appended to RESULTS.md
