@@ -7,7 +7,7 @@ the networks follows the pipeline's __call__: guidance batch, text length, what 
 
     FULL["wan"].models(torch.device("meta"))      # the networks, no memory
     FULL["wan"].flops(models, FULL["wan"].jobs[0])  # {part: FLOPs} for one job
-    FULL["wan"].pipeline(torch.device("cuda"), torch.bfloat16)
+    FULL["wan"].pipeline(torch.device("cuda"), torch.bfloat16)  # built and cast one model at a time
 """
 
 from __future__ import annotations
@@ -116,16 +116,14 @@ def _text(models, key: str, batch: int, tokens: int) -> int:
 # -- SVD --------------------------------------------------------------------------------------------
 
 
-def svd_models(device: torch.device) -> dict[str, torch.nn.Module]:
+def svd_models(device: torch.device, dtype: torch.dtype | None = None) -> dict[str, torch.nn.Module]:
     from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    torch.manual_seed(0)
-    with torch.device(device):  # the UNet's defaults are SVD's (num_frames 25 is xt's)
-        models = dict(unet=UNetSpatioTemporalConditionModel(), vae=AutoencoderKLTemporalDecoder(**SVD_VAE),
-                      image_encoder=CLIPVisionModelWithProjection(CLIPVisionConfig(**CLIP_VIT_H)))
-    # Its AlphaBlenders make their mix factor with torch.Tensor([...]), which ignores the device context.
-    return {name: model.to(device) for name, model in models.items()}
+    # The UNet's defaults are SVD's (num_frames 25 is xt's).
+    return _build(device, dtype, unet=UNetSpatioTemporalConditionModel,
+                  vae=lambda: AutoencoderKLTemporalDecoder(**SVD_VAE),
+                  image_encoder=lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**CLIP_VIT_H)))
 
 
 def svd_flops(models, job: Job) -> dict[str, int]:
@@ -153,7 +151,7 @@ def svd_pipeline(device: torch.device, dtype: torch.dtype):
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", interpolation_type="linear",
         num_train_timesteps=1000, prediction_type="v_prediction", sigma_max=700.0, sigma_min=0.002,
         steps_offset=1, timestep_spacing="leading", timestep_type="continuous", use_karras_sigmas=True)
-    pipe = StableVideoDiffusionPipeline(**_cast(svd_models(device), dtype), scheduler=scheduler,
+    pipe = StableVideoDiffusionPipeline(**svd_models(device, dtype), scheduler=scheduler,
                                         feature_extractor=CLIPImageProcessorPil())
     return pipe
 
@@ -161,14 +159,14 @@ def svd_pipeline(device: torch.device, dtype: torch.dtype):
 # -- Wan 2.2 TI2V-5B ----------------------------------------------------------------------------------
 
 
-def wan_models(device: torch.device) -> dict[str, torch.nn.Module]:
+def wan_models(device: torch.device, dtype: torch.dtype | None = None) -> dict[str, torch.nn.Module]:
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
-    torch.manual_seed(0)
-    with torch.device(device):
-        return dict(transformer=WanTransformer3DModel(**WAN22_5B), vae=AutoencoderKLWan(**WAN22_VAE),
-                    text_encoder=UMT5EncoderModel(UMT5Config(**UMT5_XXL)))
+    return _build(device, dtype, transformer=lambda: WanTransformer3DModel(**WAN22_5B),
+                  vae=lambda: AutoencoderKLWan(**WAN22_VAE),
+                  text_encoder=lambda: UMT5EncoderModel(UMT5Config(**UMT5_XXL)),
+                  keep_float32=("vae",))  # as Backend.load loads it
 
 
 def wan_flops(models, job: Job) -> dict[str, int]:
@@ -193,11 +191,8 @@ def wan_pipeline(device: torch.device, dtype: torch.dtype):
 
     from pipeline.tiny_text import build_t5_tokenizer
 
-    models = wan_models(device)
-    vae = models.pop("vae")  # stays float32, as Backend.load keeps it
-    models = {**_cast(models, dtype), "vae": vae.eval()}
     return WanImageToVideoPipeline(
-        **models, tokenizer=build_t5_tokenizer(), image_encoder=None, image_processor=None, transformer_2=None,
+        **wan_models(device, dtype), tokenizer=build_t5_tokenizer(), image_encoder=None, image_processor=None, transformer_2=None,
         scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
                                           num_train_timesteps=1000, flow_shift=5.0),
         boundary_ratio=None, expand_timesteps=True)
@@ -206,14 +201,13 @@ def wan_pipeline(device: torch.device, dtype: torch.dtype):
 # -- LTX-Video 0.9.8 13B distilled ---------------------------------------------------------------------
 
 
-def ltx_models(device: torch.device) -> dict[str, torch.nn.Module]:
+def ltx_models(device: torch.device, dtype: torch.dtype | None = None) -> dict[str, torch.nn.Module]:
     from diffusers import AutoencoderKLLTXVideo, LTXVideoTransformer3DModel
     from transformers import T5Config, T5EncoderModel
 
-    torch.manual_seed(0)
-    with torch.device(device):
-        return dict(transformer=LTXVideoTransformer3DModel(**LTX_13B), vae=AutoencoderKLLTXVideo(**LTX_095_VAE),
-                    text_encoder=T5EncoderModel(T5Config(**T5_XXL)))
+    return _build(device, dtype, transformer=lambda: LTXVideoTransformer3DModel(**LTX_13B),
+                  vae=lambda: AutoencoderKLLTXVideo(**LTX_095_VAE),
+                  text_encoder=lambda: T5EncoderModel(T5Config(**T5_XXL)))
 
 
 def ltx_flops(models, job: Job) -> dict[str, int]:
@@ -239,21 +233,20 @@ def ltx_pipeline(device: torch.device, dtype: torch.dtype):
 
     from pipeline.tiny_text import build_t5_tokenizer
 
-    return LTXConditionPipeline(**_cast(ltx_models(device), dtype), tokenizer=build_t5_tokenizer(),
+    return LTXConditionPipeline(**ltx_models(device, dtype), tokenizer=build_t5_tokenizer(),
                                 scheduler=FlowMatchEulerDiscreteScheduler(**LTX_SCHEDULER))
 
 
 # -- CogVideoX-5b-I2V -------------------------------------------------------------------------------------
 
 
-def cogvideox_models(device: torch.device) -> dict[str, torch.nn.Module]:
+def cogvideox_models(device: torch.device, dtype: torch.dtype | None = None) -> dict[str, torch.nn.Module]:
     from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
     from transformers import T5Config, T5EncoderModel
 
-    torch.manual_seed(0)
-    with torch.device(device):
-        return dict(transformer=CogVideoXTransformer3DModel(**COGVIDEOX_5B_I2V),
-                    vae=AutoencoderKLCogVideoX(**COGVIDEOX_VAE), text_encoder=T5EncoderModel(T5Config(**T5_XXL)))
+    return _build(device, dtype, transformer=lambda: CogVideoXTransformer3DModel(**COGVIDEOX_5B_I2V),
+                  vae=lambda: AutoencoderKLCogVideoX(**COGVIDEOX_VAE),
+                  text_encoder=lambda: T5EncoderModel(T5Config(**T5_XXL)))
 
 
 def cogvideox_flops(models, job: Job) -> dict[str, int]:
@@ -280,8 +273,24 @@ def cogvideox_pipeline(device: torch.device, dtype: torch.dtype):
                                        prediction_type="v_prediction", rescale_betas_zero_snr=True,
                                        snr_shift_scale=1.0, timestep_spacing="trailing", clip_sample=False,
                                        set_alpha_to_one=True)
-    return CogVideoXImageToVideoPipeline(**_cast(cogvideox_models(device), dtype), tokenizer=build_t5_tokenizer(),
+    return CogVideoXImageToVideoPipeline(**cogvideox_models(device, dtype), tokenizer=build_t5_tokenizer(),
                                          scheduler=scheduler)
+
+
+def _build(device: torch.device, dtype: torch.dtype | None, keep_float32: tuple[str, ...] = (),
+           **factories: Callable[[], torch.nn.Module]) -> dict[str, torch.nn.Module]:
+    """Each model made on `device` and cast to `dtype` (when given) before the next is made: the float32
+    weights of LTX-Video 13B and its T5-XXL together (76 GB) would not fit one H100 before casting."""
+    torch.manual_seed(0)
+    models = {}
+    for name, factory in factories.items():
+        with torch.device(device):
+            model = factory()
+        # SVD's AlphaBlenders make their mix factor with torch.Tensor([...]), which ignores the device context.
+        model = model.to(device)
+        cast = dtype is not None and name not in keep_float32
+        models[name] = _cast({name: model}, dtype)[name] if cast else model.eval()
+    return models
 
 
 def _cast(models: dict[str, torch.nn.Module], dtype: torch.dtype) -> dict[str, torch.nn.Module]:
