@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION := 2.13.0
 
-.PHONY: demo test install clean constraints
+.PHONY: demo test install clean constraints gpu-bench
 
 # Made only when missing: `python -m venv` on an existing venv would turn off the
 # --system-site-packages that README tells GPU users to create it with (hiding the host's CUDA torch).
@@ -33,6 +33,13 @@ demo: $(BIN)/i2vd
 
 test: $(VENV)/.test-tools
 	$(BIN)/python -m pytest
+
+# On a machine with a CUDA GPU (about 10 minutes on one H100): every backend's default job at full size with
+# random weights, appended to bench/RESULTS.md. No install step: a lent GPU machine has no network, so
+# BENCH_PYTHON may name any interpreter that imports diffusers (see bench/RESULTS.md).
+BENCH_PYTHON ?= $(BIN)/python
+gpu-bench:
+	$(BENCH_PYTHON) -m bench.gpu --all --record bench/RESULTS.md
 
 # After the tests pass with new versions: record them. torch and what only torch needs stay the host's.
 constraints: $(VENV)/.test-tools

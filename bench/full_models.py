@@ -1,4 +1,4 @@
-"""Full-size SVD, Wan, LTX-Video and CogVideoX with random weights, from their published configs.
+"""Full-size SVD, Wan, LTX-Video and CogVideoX with random weights, from their default models' configs.
 
 Each backend's default model is rebuilt from the configs of its diffusers conversion (defaults left
 out), so its FLOPs can be counted on the "meta" device anywhere and its speed measured on a GPU
@@ -7,7 +7,7 @@ the networks follows the pipeline's __call__: guidance batch, text length, what 
 
     FULL["wan"].models(torch.device("meta"))      # the networks, no memory
     FULL["wan"].flops(models, FULL["wan"].jobs[0])  # {part: FLOPs} for one job
-    FULL["wan"].pipeline(torch.device("cuda"), torch.bfloat16)
+    FULL["wan"].pipeline(torch.device("cuda"), torch.bfloat16)  # built and cast one model at a time
 """
 
 from __future__ import annotations
@@ -34,11 +34,17 @@ WAN22_VAE = dict(base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True,
                  scale_factor_temporal=4, scale_factor_spatial=16, patch_size=2, dim_mult=[1, 2, 4, 4],
                  num_res_blocks=2, temperal_downsample=[False, True, True], latents_mean=[0.0] * 48,
                  latents_std=[1.0] * 48)
-LTX_2B = dict(in_channels=128, out_channels=128, patch_size=1, patch_size_t=1, num_attention_heads=32,
-              attention_head_dim=64, cross_attention_dim=2048, num_layers=28, activation_fn="gelu-approximate",
-              qk_norm="rms_norm_across_heads", norm_elementwise_affine=False, norm_eps=1e-6, caption_channels=4096,
-              attention_bias=True, attention_out_bias=True)
-LTX_095_VAE = dict(  # 0.9.5 on (the 2B distilled checkpoints use it too)
+# LTX-Video 0.9.7/0.9.8 13B (the daemon's default is 0.9.8 13B distilled): the 2B layout at width 4096 and
+# 48 blocks (Lightricks' ltxv-13b configs; diffusers' convert_ltx_to_diffusers.py for 0.9.7).
+LTX_13B = dict(in_channels=128, out_channels=128, patch_size=1, patch_size_t=1, num_attention_heads=32,
+               attention_head_dim=128, cross_attention_dim=4096, num_layers=48, activation_fn="gelu-approximate",
+               qk_norm="rms_norm_across_heads", norm_elementwise_affine=False, norm_eps=1e-6, caption_channels=4096,
+               attention_bias=True, attention_out_bias=True)
+# The scheduler those checkpoints ship: static shift, no `mu` (LTXConditionPipeline passes its own sigmas and
+# no mu, so use_dynamic_shifting=True raised "mu must be passed" on every LTX run).
+LTX_SCHEDULER = dict(use_dynamic_shifting=False, base_shift=0.95, max_shift=2.05, base_image_seq_len=1024,
+                     max_image_seq_len=4096, shift_terminal=0.1, num_train_timesteps=1000)
+LTX_095_VAE = dict(  # 0.9.5 on (0.9.7 and 0.9.8 keep it)
     in_channels=3, out_channels=3, latent_channels=128, block_out_channels=(128, 256, 512, 1024, 2048),
     down_block_types=("LTXVideo095DownBlock3D",) * 4, decoder_block_out_channels=(256, 512, 1024),
     layers_per_block=(4, 6, 6, 2, 2), decoder_layers_per_block=(5, 5, 5, 5),
@@ -76,6 +82,7 @@ class FullModel:
     flops: Callable[[dict[str, torch.nn.Module], Job], dict[str, int]]
     pipeline: Callable[[torch.device, torch.dtype], object]
     denoiser: str  # the key of the denoiser in models()
+    block_cache: bool = True  # the denoiser has diffusers' CacheMixin (FirstBlockCache); SVD's UNet has not
 
 
 def count(call, device: torch.device) -> int:
@@ -109,16 +116,14 @@ def _text(models, key: str, batch: int, tokens: int) -> int:
 # -- SVD --------------------------------------------------------------------------------------------
 
 
-def svd_models(device: torch.device) -> dict[str, torch.nn.Module]:
+def svd_models(device: torch.device, dtype: torch.dtype | None = None) -> dict[str, torch.nn.Module]:
     from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    torch.manual_seed(0)
-    with torch.device(device):  # the UNet's defaults are SVD's (num_frames 25 is xt's)
-        models = dict(unet=UNetSpatioTemporalConditionModel(), vae=AutoencoderKLTemporalDecoder(**SVD_VAE),
-                      image_encoder=CLIPVisionModelWithProjection(CLIPVisionConfig(**CLIP_VIT_H)))
-    # Its AlphaBlenders make their mix factor with torch.Tensor([...]), which ignores the device context.
-    return {name: model.to(device) for name, model in models.items()}
+    # The UNet's defaults are SVD's (num_frames 25 is xt's).
+    return _build(device, dtype, unet=UNetSpatioTemporalConditionModel,
+                  vae=lambda: AutoencoderKLTemporalDecoder(**SVD_VAE),
+                  image_encoder=lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**CLIP_VIT_H)))
 
 
 def svd_flops(models, job: Job) -> dict[str, int]:
@@ -146,7 +151,7 @@ def svd_pipeline(device: torch.device, dtype: torch.dtype):
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", interpolation_type="linear",
         num_train_timesteps=1000, prediction_type="v_prediction", sigma_max=700.0, sigma_min=0.002,
         steps_offset=1, timestep_spacing="leading", timestep_type="continuous", use_karras_sigmas=True)
-    pipe = StableVideoDiffusionPipeline(**_cast(svd_models(device), dtype), scheduler=scheduler,
+    pipe = StableVideoDiffusionPipeline(**svd_models(device, dtype), scheduler=scheduler,
                                         feature_extractor=CLIPImageProcessorPil())
     return pipe
 
@@ -154,14 +159,14 @@ def svd_pipeline(device: torch.device, dtype: torch.dtype):
 # -- Wan 2.2 TI2V-5B ----------------------------------------------------------------------------------
 
 
-def wan_models(device: torch.device) -> dict[str, torch.nn.Module]:
+def wan_models(device: torch.device, dtype: torch.dtype | None = None) -> dict[str, torch.nn.Module]:
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
-    torch.manual_seed(0)
-    with torch.device(device):
-        return dict(transformer=WanTransformer3DModel(**WAN22_5B), vae=AutoencoderKLWan(**WAN22_VAE),
-                    text_encoder=UMT5EncoderModel(UMT5Config(**UMT5_XXL)))
+    return _build(device, dtype, transformer=lambda: WanTransformer3DModel(**WAN22_5B),
+                  vae=lambda: AutoencoderKLWan(**WAN22_VAE),
+                  text_encoder=lambda: UMT5EncoderModel(UMT5Config(**UMT5_XXL)),
+                  keep_float32=("vae",))  # as Backend.load loads it
 
 
 def wan_flops(models, job: Job) -> dict[str, int]:
@@ -186,27 +191,23 @@ def wan_pipeline(device: torch.device, dtype: torch.dtype):
 
     from pipeline.tiny_text import build_t5_tokenizer
 
-    models = wan_models(device)
-    vae = models.pop("vae")  # stays float32, as Backend.load keeps it
-    models = {**_cast(models, dtype), "vae": vae.eval()}
     return WanImageToVideoPipeline(
-        **models, tokenizer=build_t5_tokenizer(), image_encoder=None, image_processor=None, transformer_2=None,
+        **wan_models(device, dtype), tokenizer=build_t5_tokenizer(), image_encoder=None, image_processor=None, transformer_2=None,
         scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
                                           num_train_timesteps=1000, flow_shift=5.0),
         boundary_ratio=None, expand_timesteps=True)
 
 
-# -- LTX-Video 2B (0.9.5 layout) ------------------------------------------------------------------------
+# -- LTX-Video 0.9.8 13B distilled ---------------------------------------------------------------------
 
 
-def ltx_models(device: torch.device) -> dict[str, torch.nn.Module]:
+def ltx_models(device: torch.device, dtype: torch.dtype | None = None) -> dict[str, torch.nn.Module]:
     from diffusers import AutoencoderKLLTXVideo, LTXVideoTransformer3DModel
     from transformers import T5Config, T5EncoderModel
 
-    torch.manual_seed(0)
-    with torch.device(device):
-        return dict(transformer=LTXVideoTransformer3DModel(**LTX_2B), vae=AutoencoderKLLTXVideo(**LTX_095_VAE),
-                    text_encoder=T5EncoderModel(T5Config(**T5_XXL)))
+    return _build(device, dtype, transformer=lambda: LTXVideoTransformer3DModel(**LTX_13B),
+                  vae=lambda: AutoencoderKLLTXVideo(**LTX_095_VAE),
+                  text_encoder=lambda: T5EncoderModel(T5Config(**T5_XXL)))
 
 
 def ltx_flops(models, job: Job) -> dict[str, int]:
@@ -232,21 +233,20 @@ def ltx_pipeline(device: torch.device, dtype: torch.dtype):
 
     from pipeline.tiny_text import build_t5_tokenizer
 
-    return LTXConditionPipeline(**_cast(ltx_models(device), dtype), tokenizer=build_t5_tokenizer(),
-                                scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True))
+    return LTXConditionPipeline(**ltx_models(device, dtype), tokenizer=build_t5_tokenizer(),
+                                scheduler=FlowMatchEulerDiscreteScheduler(**LTX_SCHEDULER))
 
 
 # -- CogVideoX-5b-I2V -------------------------------------------------------------------------------------
 
 
-def cogvideox_models(device: torch.device) -> dict[str, torch.nn.Module]:
+def cogvideox_models(device: torch.device, dtype: torch.dtype | None = None) -> dict[str, torch.nn.Module]:
     from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
     from transformers import T5Config, T5EncoderModel
 
-    torch.manual_seed(0)
-    with torch.device(device):
-        return dict(transformer=CogVideoXTransformer3DModel(**COGVIDEOX_5B_I2V),
-                    vae=AutoencoderKLCogVideoX(**COGVIDEOX_VAE), text_encoder=T5EncoderModel(T5Config(**T5_XXL)))
+    return _build(device, dtype, transformer=lambda: CogVideoXTransformer3DModel(**COGVIDEOX_5B_I2V),
+                  vae=lambda: AutoencoderKLCogVideoX(**COGVIDEOX_VAE),
+                  text_encoder=lambda: T5EncoderModel(T5Config(**T5_XXL)))
 
 
 def cogvideox_flops(models, job: Job) -> dict[str, int]:
@@ -273,8 +273,24 @@ def cogvideox_pipeline(device: torch.device, dtype: torch.dtype):
                                        prediction_type="v_prediction", rescale_betas_zero_snr=True,
                                        snr_shift_scale=1.0, timestep_spacing="trailing", clip_sample=False,
                                        set_alpha_to_one=True)
-    return CogVideoXImageToVideoPipeline(**_cast(cogvideox_models(device), dtype), tokenizer=build_t5_tokenizer(),
+    return CogVideoXImageToVideoPipeline(**cogvideox_models(device, dtype), tokenizer=build_t5_tokenizer(),
                                          scheduler=scheduler)
+
+
+def _build(device: torch.device, dtype: torch.dtype | None, keep_float32: tuple[str, ...] = (),
+           **factories: Callable[[], torch.nn.Module]) -> dict[str, torch.nn.Module]:
+    """Each model made on `device` and cast to `dtype` (when given) before the next is made: the float32
+    weights of LTX-Video 13B and its T5-XXL together (76 GB) would not fit one H100 before casting."""
+    torch.manual_seed(0)
+    models = {}
+    for name, factory in factories.items():
+        with torch.device(device):
+            model = factory()
+        # SVD's AlphaBlenders make their mix factor with torch.Tensor([...]), which ignores the device context.
+        model = model.to(device)
+        cast = dtype is not None and name not in keep_float32
+        models[name] = _cast({name: model}, dtype)[name] if cast else model.eval()
+    return models
 
 
 def _cast(models: dict[str, torch.nn.Module], dtype: torch.dtype) -> dict[str, torch.nn.Module]:
@@ -296,14 +312,15 @@ def _cast(models: dict[str, torch.nn.Module], dtype: torch.dtype) -> dict[str, t
     return {name: model.eval() for name, model in models.items()}
 
 
+# Each backend's default job: its standard preset (pipeline/backends/<name>.py), at the default weights.
 FULL: dict[str, FullModel] = {
     "svd": FullModel("svd", (Job("standard", 1024, 576, 25, 25, 3.0, 7),), svd_models, svd_flops, svd_pipeline,
-                     "unet"),
-    "wan": FullModel("wan", (Job("standard", 960, 544, 81, 30, 5.0, 24), Job("1280x704", 1280, 704, 121, 50, 5.0, 24)),
-                     wan_models, wan_flops, wan_pipeline, "transformer"),
-    "ltx": FullModel("ltx", (Job("standard", 704, 480, 121, 40, 3.0, 24),
-                             Job("distilled", 768, 512, 121, 8, 1.0, 24)),  # the issue's 2 s goal on one H100
-                     ltx_models, ltx_flops, ltx_pipeline, "transformer"),
+                     "unet", block_cache=False),
+    "wan": FullModel("wan", (Job("standard", 1280, 704, 121, 50, 5.0, 24),), wan_models, wan_flops, wan_pipeline,
+                     "transformer"),
+    # The distilled default: the issue's 768x512x121 goal (<= 2 s on one H100), 8 steps without guidance.
+    "ltx": FullModel("ltx", (Job("distilled", 768, 512, 121, 8, 1.0, 24),), ltx_models, ltx_flops, ltx_pipeline,
+                     "transformer"),
     "cogvideox": FullModel("cogvideox", (Job("standard", 720, 480, 49, 50, 6.0, 8),), cogvideox_models,
                            cogvideox_flops, cogvideox_pipeline, "transformer"),
 }

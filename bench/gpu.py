@@ -19,9 +19,15 @@ denoiser alone (FLOPs per step over seconds per step), the figure the issue's >=
     .venv/bin/python -m bench.gpu                   # CUDA: standard preset and 1280x704, fp16 and bf16
     .venv/bin/python -m bench.gpu --variants        # CUDA: one change at a time, standard preset
     .venv/bin/python -m bench.gpu --toy --variants  # anywhere: the tiny model, a smoke test (CPU default)
-    .venv/bin/python -m bench.gpu --backend ltx     # CUDA: LTX-Video's jobs (standard, distilled), bf16 and fp16
+    .venv/bin/python -m bench.gpu --backend ltx     # CUDA: LTX-Video's default job (0.9.8 13B distilled), bf16 and fp16
     .venv/bin/python -m bench.gpu --backend wan --variants --steps 4   # fewer steps: same s/step and MFU
     .venv/bin/python -m bench.gpu --flops           # anywhere: FLOPs per default job of every backend
+    make gpu-bench                                  # CUDA: every backend's default job, appended to RESULTS.md
+
+`--all` (what `make gpu-bench` runs) is the one command for a lent GPU, within 10 minutes on one H100:
+each backend's default job (its standard preset at its default weights; LTX-Video's is the distilled
+768x512x121 job) at full size in the backend's default dtype, timed over `--steps` (4) denoising steps,
+then projected to the preset's steps (s/step is steady); FLOPs come from the configs on the meta device.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import io
 import sys
 import tempfile
 import time
@@ -75,6 +82,11 @@ SCHEDULER = dict(
 )
 
 TARGET_SECONDS = 4.5  # standard preset on one H100
+ALL_STEPS = 4  # --all: denoising steps timed per job (3 step intervals), projected to the preset's
+DEFAULT_DTYPES = {  # issue 17: the dtype each backend's authors publish (pipeline.loader's `auto` on CUDA)
+    "i2vgen-xl": torch.float16, "svd": torch.float16,
+    "wan": torch.bfloat16, "ltx": torch.bfloat16, "cogvideox": torch.bfloat16,
+}
 H100_BF16_PEAK = 989e12  # FLOP/s, H100 SXM dense bf16 tensor cores (datasheet), for --flops without a GPU
 ANCHOR = "the seed's anchor: 51 s and 13.8 GB on an RTX 4090; arithmetic floor on an H100 about 2.7 s"
 
@@ -227,6 +239,20 @@ def flops_by_part(models: dict[str, torch.nn.Module], shape: Shape) -> dict[str,
     }
 
 
+def config_flops(backend: str, shape: Shape) -> tuple[int, int]:
+    """(FLOPs outside the loop, FLOPs per denoising step) of a full-size job, counted on the meta device."""
+    if backend == DEFAULT_BACKEND:
+        parts = flops_by_part(full_models(torch.device("meta")), shape)
+        step = parts["unet step (guidance batch of 2)"]
+    else:
+        from bench.full_models import FULL, Job
+
+        full = FULL[backend]
+        parts = full.flops(full.models(torch.device("meta")), Job(**asdict(shape)))
+        step = next(iter(parts.values()))  # the denoiser step comes first
+    return sum(parts.values()) - step, step
+
+
 def build_toy(device: torch.device, dtype: torch.dtype, backend: str = "i2vgen-xl"):
     from pipeline.tiny import build_tiny_pipeline
 
@@ -242,6 +268,13 @@ def build_pipeline(backend: str, toy: bool, device: torch.device, dtype: torch.d
     from bench.full_models import FULL
 
     return FULL[backend].pipeline(device, dtype)
+
+
+def block_cache(backend: str) -> bool:
+    """Whether the backend's denoiser takes diffusers' FirstBlockCache (SVD's UNet does not)."""
+    from bench.full_models import FULL
+
+    return backend in FULL and FULL[backend].block_cache
 
 
 def denoiser_of(pipe):
@@ -478,8 +511,10 @@ class Result:
 
 
 class Bench:
-    def __init__(self, device: torch.device, toy: bool, repeats: int, backend: str = "i2vgen-xl") -> None:
+    def __init__(self, device: torch.device, toy: bool, repeats: int, backend: str = "i2vgen-xl",
+                 flops_from_configs: bool = False) -> None:
         self.device, self.toy, self.repeats, self.backend = device, toy, repeats, backend
+        self.flops_from_configs = flops_from_configs  # count on the meta device, not two jobs on the GPU
         self.image = PIL.Image.fromarray(
             np.random.default_rng(0).integers(0, 255, (704, 1280, 3), dtype=np.uint8))
         self.flops: dict[str, tuple[int, int]] = {}  # per shape: (outside the loop, per step)
@@ -508,7 +543,9 @@ class Bench:
         generator = VideoGenerator(pipe, Placement(self.device, setup.dtype), decode_chunk_size=setup.decode_chunk)
         params = self.params(shape)
         kernels = lambda: attention_kernels(setup, self.device)  # noqa: E731  (a fresh context per job)
-        if shape.name not in self.flops and not (setup.compile or setup.regional_compile):
+        if shape.name not in self.flops and self.flops_from_configs and not self.toy:
+            self.flops[shape.name] = config_flops(self.backend, shape)
+        elif shape.name not in self.flops and not (setup.compile or setup.regional_compile):
             self.flops[shape.name] = count_flops(generator, self.image, params)
         started = time.perf_counter()
         run_job(generator, self.image, replace(params, steps=2), kernels())
@@ -643,15 +680,21 @@ def main(argv: list[str] | None = None) -> int:
                              "or all of them with --flops")
     parser.add_argument("--steps", type=int, help="denoising steps per job instead of the preset's (>= 2): "
                                                   "s/step and step MFU do not depend on it")
+    parser.add_argument("--all", action="store_true", help="every backend's default job, its default dtype, "
+                        f"timed over --steps ({ALL_STEPS}) steps and projected to the preset's (make gpu-bench)")
+    parser.add_argument("--record", type=Path, metavar="RESULTS_MD",
+                        help="with --all: append the output to this file (bench/RESULTS.md)")
     args = parser.parse_args(argv)
     quiet_libraries()
     warnings.filterwarnings("ignore", message=".*torchvision.*")
     if args.flops:
         return print_flops(args.toy, args.backend or [DEFAULT_BACKEND, *(b for b in RULES if b != DEFAULT_BACKEND)])
-    backends = args.backend or [DEFAULT_BACKEND]
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     toy = args.toy or not cuda
+    if args.all:
+        return _record(args.record, lambda: _measure_all(args, device, cuda, toy))
+    backends = args.backend or [DEFAULT_BACKEND]
     if backends == [DEFAULT_BACKEND]:
         return _measure_i2vgen(args, device, cuda, toy)
     return _measure_backends(args, backends, device, cuda, toy)
@@ -678,6 +721,9 @@ def _measure_backends(args, backends: list[str], device: torch.device, cuda: boo
             for variant in BACKEND_VARIANTS:
                 if (variant.setup.cuda_only and not cuda) or (args.only and variant.name not in args.only):
                     continue
+                if variant.setup.first_block_cache is not None and not block_cache(backend):
+                    print(f"{backend} {variant.name}: skipped, its denoiser has no FirstBlockCache (CacheMixin)")
+                    continue
                 setup = variant.setup if cuda else replace(variant.setup, dtype=torch.float32)
                 result = bench.run(f"{backend} {variant.name}", shapes[0], setup)
                 result.prediction = variant.prediction
@@ -698,6 +744,73 @@ def _measure_backends(args, backends: list[str], device: torch.device, cuda: boo
     footer(f"{'toy smoke test' if toy else 'backends'}: {done} of {len(all_results)} runs completed on "
            f"{device.type}; {summary}")
     return 0 if done == len(all_results) else 1
+
+
+def _measure_all(args, device: torch.device, cuda: bool, toy: bool) -> int:
+    """Every backend's default job in its default dtype, timed over a few steps, projected to the preset's."""
+    backends = args.backend or [DEFAULT_BACKEND, *(b for b in RULES if b != DEFAULT_BACKEND)]
+    header("GPU: every backend's default job at full size (random weights) through VideoGenerator" if not toy
+           else "GPU bench --all, toy smoke test (tiny models)", "bench.gpu")
+    print(device_line(device))
+    rate = matmul_rate(device, 8192 if cuda else 512, 100 if cuda else 5)
+    print(f"matmul   bf16 {8192 if cuda else 512}^3: {rate / 1e12:.1f} TFLOP/s (the reference for MFU)", flush=True)
+    steps = args.steps or ALL_STEPS
+    rows: list[tuple[Result, Shape]] = []
+    for backend in backends:
+        preset = (toy_shapes if toy else full_shapes)(backend)[0]
+        dtype = DEFAULT_DTYPES[backend] if cuda else torch.float32
+        bench = Bench(device, toy, args.repeats, backend, flops_from_configs=not toy)
+        result = bench.run(f"{backend} {preset.name}", replace(preset, steps=max(2, min(steps, preset.steps))),
+                           replace(BACKEND_BASELINE, dtype=dtype))
+        print_table([result], rate)
+        rows.append((result, preset))
+    print(f"\nprojected to each preset's steps (outside the loop + steps x s/step); goals on one H100: "
+          f"i2vgen-xl standard <= {TARGET_SECONDS} s, ltx distilled <= 2 s, step MFU >= 50 %")
+    print(f"{'job':<24}{'dtype':<10}{'steps':>6}{'s/job':>9}{'s/step':>9}{'VRAM GB':>9}{'MFU':>7}{'step MFU':>9}")
+    for result, preset in rows:
+        if result.timing is None:
+            print(f"{result.label:<24}{str(result.dtype).removeprefix('torch.'):<10}  failed: {result.error}")
+            continue
+        t = result.timing
+        seconds = t.outside_loop + t.step_seconds * preset.steps
+        outside, per_step = (None, None) if result.step_flops is None else (
+            result.flops - result.step_flops * result.shape.steps, result.step_flops)
+        mfu = "-" if per_step is None else f"{100 * (outside + per_step * preset.steps) / seconds / rate:.0f}%"
+        step_mfu = "-" if per_step is None else f"{100 * per_step / t.step_seconds / rate:.0f}%"
+        vram = f"{t.peak_vram / 1e9:.1f}" if t.peak_vram is not None else "-"
+        print(f"{result.label:<24}{str(result.dtype).removeprefix('torch.'):<10}{preset.steps:>6}{seconds:>9.2f}"
+              f"{t.step_seconds:>9.3f}{vram:>9}{mfu:>7}{step_mfu:>9}")
+    done = sum(r.timing is not None for r, _ in rows)
+    footer(f"{'toy smoke test' if toy else 'gpu-bench'}: {done} of {len(rows)} default jobs completed on "
+           f"{device.type}")
+    return 0 if done == len(rows) else 1
+
+
+class _Tee(io.TextIOBase):
+    """Writes to the terminal and keeps a copy."""
+
+    def __init__(self, terminal) -> None:
+        self.terminal, self.copy = terminal, io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.copy.write(text)
+        return self.terminal.write(text)
+
+    def flush(self) -> None:
+        self.terminal.flush()
+
+
+def _record(path: Path | None, run) -> int:
+    """Run, and append what it printed to `path` (RESULTS.md) as one fenced block."""
+    if path is None:
+        return run()
+    tee = _Tee(sys.stdout)
+    with contextlib.redirect_stdout(tee):
+        code = run()
+    with path.open("a", encoding="utf-8") as results:
+        results.write(f"\n### `make gpu-bench`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"
+                      f"```\n{tee.copy.getvalue().rstrip()}\n```\n")
+    return code
 
 
 def _measure_i2vgen(args, device: torch.device, cuda: bool, toy: bool) -> int:

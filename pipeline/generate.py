@@ -43,7 +43,9 @@ class VideoGenerator:
         if self.placement.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.placement.device)
         raise_injected_oom(params, self.inject_oom_above)
-        memory = replace(memory, decode_chunk_size=1 if memory.vae_slicing else self.decode_chunk_size)
+        # Half the chunk, not 1: SVD's temporal decoder blends frames within a chunk, so 1 flickers.
+        chunk = max(1, self.decode_chunk_size // 2) if memory.vae_slicing else self.decode_chunk_size
+        memory = replace(memory, decode_chunk_size=chunk)
         try:
             return self.backend.generate(self.pipe, image, params, report, memory)
         except NonFiniteOutput as exc:

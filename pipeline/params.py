@@ -35,6 +35,9 @@ class GenerationParams:
     seed: int
     negative_prompt: str | None = None
     interpolate: int = 1  # applied when encoding: k*num_frames frames at k*fps (pipeline.video)
+    keep_aspect: bool = False
+    """width x height is a pixel budget (the size came from a preset): where the backend's authors keep the
+    image's aspect ratio, the video takes it within that budget (pipeline.framing). False: exactly as asked."""
 
     def to_dict(self) -> dict:
         return {"version": VERSION, **asdict(self)}

@@ -60,9 +60,12 @@ LAYOUTS: dict[str, CheckpointLayout] = {
         tokenizer="t5+json",  # umT5's tokenizer folder carries both files
     ),
     "ltx": CheckpointLayout(
-        backend="ltx", hub_id="Lightricks/LTX-Video",
+        # The default, LTX-Video 0.9.8 13B distilled, is saved as LTXConditionPipeline (diffusers' LTX docs
+        # load it so). Its _diffusers_version and VAE flags could not be read offline: the version is the
+        # release that added the class's 0.9.8 support, the VAE flags diffusers' defaults for the class.
+        backend="ltx", hub_id="Lightricks/LTX-Video-0.9.8-13B-distilled",
         model_index={
-            "_class_name": "LTXPipeline", "_diffusers_version": "0.32.0.dev0",
+            "_class_name": "LTXConditionPipeline", "_diffusers_version": "0.35.0.dev0",
             "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"], "text_encoder": _T5,
             "tokenizer": ["transformers", "T5Tokenizer"], "transformer": ["diffusers", "LTXVideoTransformer3DModel"],
             "vae": ["diffusers", "AutoencoderKLLTXVideo"],
@@ -72,8 +75,7 @@ LAYOUTS: dict[str, CheckpointLayout] = {
             "scheduler/scheduler_config.json": {"use_dynamic_shifting": True, "base_shift": 0.95, "max_shift": 2.05,
                                                 "base_image_seq_len": 1024, "max_image_seq_len": 4096,
                                                 "shift_terminal": 0.1, "shift": 1.0, "num_train_timesteps": 1000},
-            # 0.9.0's VAE: no timestep conditioning, causal encoder (diffusers' defaults for the class).
-            "vae/config.json": {"timestep_conditioning": False, "encoder_causal": True, "decoder_causal": False},
+            "vae/config.json": {"encoder_causal": True, "decoder_causal": False},
         },
         tokenizer="t5", tokenizer_max_length=128,
     ),

@@ -254,6 +254,7 @@ def resolve(
         guidance_scale=sidecar.guidance_scale if sidecar.guidance_scale is not None else preset.guidance_scale,
         seed=sidecar.seed if sidecar.seed is not None else secrets.randbelow(2**32),
         interpolate=sidecar.interpolate or default_interpolate,
+        keep_aspect=sidecar.width is None,  # a preset's (or resolution's) size: a budget in the image's aspect
     )
     errors = backend_errors(sidecar, params, rules, model_name or rules.name)
     if errors:

@@ -12,9 +12,10 @@ from pathlib import Path
 
 from daemon.errors import ConfigError
 from daemon.settings import Settings
-from pipeline.backends import RULES, ModelSource, parse_model
+from pipeline.backends import ModelSource, parse_model
 from pipeline.backends.base import BackendRules
 from pipeline.tiny import tiny_rules
+from pipeline.native import native_rules
 
 
 @dataclass(frozen=True)
@@ -25,8 +26,8 @@ class ServedModel:
 
     @property
     def rules(self) -> BackendRules:
-        """The backend's rules; a tiny model's presets are tiny too."""
-        rules = RULES[self.source.backend]
+        """This checkpoint's native presets (fps, frames, steps its configs imply); a tiny model's are tiny."""
+        rules = native_rules(self.source)
         return tiny_rules(rules) if self.source.tiny else rules
 
     def tiny_dir(self, state_dir: Path) -> Path:

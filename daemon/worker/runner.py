@@ -45,6 +45,7 @@ class Worker:
         self.queue = queue
         self.models = models
         self.loaded: LoadedModel | None = None  # the running job's model
+        self.image_size: tuple[int, int] | None = None  # the running job's image, for its framing
         self.retry_policy = RetryPolicy(settings.max_retries, settings.retry_backoff_seconds)
         self.owner = worker_identity()
         self.worker_id = worker_id  # this process's row in the worker registry
@@ -78,6 +79,7 @@ class Worker:
             self.loaded = self.models.get(job.model or self.models.catalog.default.name)
             generator = self.loaded.generator
             image = self._load_image(job)
+            self.image_size = image.size
             tried: list[Rung] = []
             for rung in OomLadder(generator.backend.rules, self.settings.oom_ladder).walk(requested):
                 attempt = self.queue.start_attempt(job.id, self.owner, rung.params.to_dict(), rung.name,
@@ -272,6 +274,8 @@ class Worker:
                 "image_path": job.image_path,
                 "sidecar_path": job.sidecar_path,
             },
+            "framing": self.loaded.generator.backend.framing(self.loaded.generator.pipe, self.image_size,
+                                                             params).to_dict(),
             "model": self._model_metadata(),
             "timings": {
                 "queued_at": job.created_at.isoformat(),

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import numpy
     import PIL.Image
 
+    from pipeline.framing import Framing
     from pipeline.runtime import Placement
     from pipeline.params import GenerationParams
 
@@ -105,6 +106,8 @@ class BackendRules:
             return (f"a text-only {class_name} checkpoint (its model_index.json lacks {wanted}); "
                     f"{self.name} serves image-to-video ones such as {self.default_model}")
         return None
+    keeps_image_aspect: bool = False
+    """The authors keep the image's aspect ratio: a preset's size is a pixel budget (pipeline.framing)."""
 
     def __post_init__(self) -> None:
         unknown = set(self.ladder_rungs) - set(LADDER_RUNGS)
@@ -131,7 +134,7 @@ class MemoryOptions:
     vae_slicing: bool = False  # decode one frame (slice) at a time, VAE tiling on where the VAE has it
     cpu_offload: bool = False  # model CPU offload: only the running sub-model on the GPU
     sequential_offload: bool = False  # sequential CPU offload: layer by layer, slowest, least memory
-    decode_chunk_size: int = 8  # frames decoded at once, for pipelines that take it (1 with vae_slicing)
+    decode_chunk_size: int = 8  # frames decoded at once, for pipelines that take it (halved with vae_slicing)
 
 
 class VideoBackend(Protocol):
@@ -143,9 +146,13 @@ class VideoBackend(Protocol):
     def build_tiny(self) -> Any:
         """A tiny random pipeline, built offline (smoke tests)."""
 
+    def framing(self, pipe, source: tuple[int, int], params: GenerationParams) -> Framing:
+        """The video size and image crop `generate` uses for an image of `source` size (for metadata too)."""
+
     def generate(self, pipe, image: PIL.Image.Image, params: GenerationParams,
                  report: ProgressCallback, memory: MemoryOptions) -> numpy.ndarray:
-        """uint8 frames (N, H, W, 3). Reports progress; `report` may raise GenerationInterrupted."""
+        """uint8 frames (N, H, W, 3) framed as `framing` says. Reports progress; `report` may raise
+        GenerationInterrupted."""
 
 
 # -- helpers the backends call (torch is imported inside) ------------------------------------------
@@ -160,8 +167,12 @@ _devices: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # pipe -> dev
 _applied: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # pipe -> offload mode in effect
 
 
-def from_pretrained(pipeline_class, model: str, placement: Placement, *, try_fp16_variant: bool = True):
-    """`pipeline_class.from_pretrained` on a hub id or local folder, with one clear error line."""
+def from_pretrained(pipeline_class, model: str, placement: Placement, *, try_fp16_variant: bool = True,
+                    component_dtypes: Mapping[str, Any] | None = None):
+    """`pipeline_class.from_pretrained` on a hub id or local folder, with one clear error line.
+
+    `component_dtypes` loads the named components in their own dtype (Wan's float32 VAE), the rest in
+    the placement's."""
     import torch
 
     from pipeline.runtime import quiet_libraries
@@ -176,12 +187,13 @@ def from_pretrained(pipeline_class, model: str, placement: Placement, *, try_fp1
             )
     fp16 = try_fp16_variant and placement.dtype in (torch.float16, torch.bfloat16)
     attempts = [{"variant": "fp16"}, {}] if fp16 else [{}]
+    dtype = {**component_dtypes, "default": placement.dtype} if component_dtypes else placement.dtype
     last_error: Exception | None = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation notices about the pipelines themselves
         for extra in attempts:
             try:
-                pipe = pipeline_class.from_pretrained(model, torch_dtype=placement.dtype, **extra)
+                pipe = pipeline_class.from_pretrained(model, torch_dtype=dtype, **extra)
                 break
             except Exception as exc:  # hub, filesystem and config errors all mean "not loadable"
                 last_error = exc
@@ -208,9 +220,10 @@ def apply_memory_options(pipe, memory: MemoryOptions) -> None:
     vae = getattr(pipe, "vae", None)
     if vae is not None:
         for feature in ("slicing", "tiling"):
-            switch = getattr(vae, f"{'enable' if memory.vae_slicing else 'disable'}_{feature}", None)
-            if switch is not None:
-                switch()
+            # Every diffusers VAE has the switches; those without the feature (SVD's temporal decoder)
+            # raise NotImplementedError from them: only the `use_*` attribute says it is there.
+            if hasattr(vae, f"use_{feature}"):
+                getattr(vae, f"{'enable' if memory.vae_slicing else 'disable'}_{feature}")()
     device = _devices.setdefault(pipe, pipe.device)
     on_cuda = getattr(device, "type", str(device)) == "cuda"
     wanted = ("sequential" if memory.sequential_offload else "model" if memory.cpu_offload else None) \
@@ -277,17 +290,19 @@ def to_uint8(frames) -> numpy.ndarray:
     return (array * 255).round().clip(0, 255).astype(np.uint8)
 
 
-def generate_with_text(pipe, image, params: GenerationParams, report: ProgressCallback, memory: MemoryOptions,
-                       **extra) -> numpy.ndarray:
-    """The call the text-and-image pipelines share (Wan, LTX-Video, CogVideoX); `extra` is each one's own."""
+def generate_with_text(pipe, image, framing: Framing, params: GenerationParams, report: ProgressCallback,
+                       memory: MemoryOptions, *, default_negative_prompt: str = "", **extra) -> numpy.ndarray:
+    """The call the text-and-image pipelines share (Wan, LTX-Video, CogVideoX); `extra` is each one's own.
+    `default_negative_prompt` is the authors', for jobs without one."""
     apply_memory_options(pipe, memory)
     report(Progress("encoding_prompt"))
+    width, height = framing.size
     result = pipe(
-        image=image,
+        image=framing.apply(image),
         prompt=params.prompt,
-        negative_prompt=params.negative_prompt or "",
-        height=params.height,
-        width=params.width,
+        negative_prompt=params.negative_prompt or default_negative_prompt,
+        height=height,
+        width=width,
         num_frames=params.num_frames,
         num_inference_steps=params.steps,
         guidance_scale=params.guidance_scale,

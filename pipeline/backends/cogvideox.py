@@ -15,10 +15,11 @@ from pipeline.backends.base import (
     MemoryOptions,
     Preset,
     ProgressCallback,
-    generate_with_text,
     from_pretrained,
+    generate_with_text,
 )
 from pipeline.errors import PipelineError
+from pipeline.framing import Framing, plan
 
 # CogVideoX-5b-I2V's card: 720x480, 49 frames at 8 fps, 50 steps, guidance 6.
 RULES = BackendRules(
@@ -44,6 +45,7 @@ RULES = BackendRules(
     licence="CogVideoX License (5B weights)",
     hub_prefixes=("THUDM/CogVideoX", "zai-org/CogVideoX"),
     default_dtype="bfloat16",  # trained and published in bf16; fp16 overflows (NaN)
+    keeps_image_aspect=True,  # CogVideoX 1.5; the fixed-shape 5b-I2V only crops to 3:2
 )
 
 
@@ -101,6 +103,10 @@ class Backend:
             scheduler=CogVideoXDDIMScheduler(),
         )
 
+    def framing(self, pipe, source, params) -> Framing:
+        shape = fixed_shape(pipe)
+        return plan(source, params, self.rules, fixed=shape[:2] if shape else None)
+
     def generate(self, pipe, image, params, report: ProgressCallback, memory: MemoryOptions):
         shape = fixed_shape(pipe)
         if shape is not None and shape != (params.width, params.height, params.num_frames):
@@ -110,6 +116,19 @@ class Backend:
                 f"(asked: {params.width}x{params.height}, {params.num_frames} frames); set width, height "
                 "and num_frames to those, or use a preset"
             )
-        # The text length the transformer was built for (226 for the real models).
-        return generate_with_text(pipe, image, params, report, memory,
-                                  max_sequence_length=pipe.transformer.config.max_text_seq_length)
+        use_authors_scheduler(pipe)
+        # The text length the transformer was built for (226 for the real models); dynamic CFG as the
+        # authors sample (cli_demo.py: `use_dynamic_cfg=True`).
+        return generate_with_text(pipe, image, self.framing(pipe, image.size, params), params, report, memory,
+                                  max_sequence_length=pipe.transformer.config.max_text_seq_length,
+                                  use_dynamic_cfg=True)
+
+
+def use_authors_scheduler(pipe) -> None:
+    """CogVideoXDPMScheduler with trailing timesteps, as the authors' cli_demo.py sets it; the checkpoints
+    ship CogVideoXDDIMScheduler, which at 50 steps gives blurrier motion."""
+    from diffusers import CogVideoXDPMScheduler
+
+    scheduler = pipe.scheduler
+    if not isinstance(scheduler, CogVideoXDPMScheduler) or scheduler.config.timestep_spacing != "trailing":
+        pipe.scheduler = CogVideoXDPMScheduler.from_config(scheduler.config, timestep_spacing="trailing")

@@ -26,6 +26,7 @@ from pipeline.backends.base import (
     seeded_generator,
     to_uint8,
 )
+from pipeline.framing import Framing, plan
 
 RULES = BackendRules(
     name="i2vgen-xl",
@@ -49,6 +50,15 @@ RULES = BackendRules(
     licence="MIT",
     hub_prefixes=("ali-vilab/i2vgen-xl",),
 )
+
+
+TARGET_FPS = 16
+"""The frame-rate conditioning the authors sample with (VGen's i2vgen_xl_infer.yaml `target_fps: 16`, the
+pipeline's default); they save the clip at 8 fps, the presets' rate. A sidecar's `fps` is only the MP4's."""
+
+NEGATIVE_PROMPT = ("Distorted, discontinuous, Ugly, blurry, low resolution, motionless, static, disfigured, "
+                   "disconnected limbs, Ugly faces, incomplete arms")
+"""The authors' negative prompt (VGen's inference config, diffusers' I2VGen-XL example), for jobs without one."""
 
 
 class Backend:
@@ -109,25 +119,30 @@ class Backend:
             feature_extractor=CLIPImageProcessorPil(crop_size=32, size=32), unet=unet, scheduler=scheduler,
         )
 
+    def framing(self, pipe, source, params) -> Framing:
+        # The authors centre-crop to the size asked (VGen's CenterCropWide, the pipeline's _center_crop_wide).
+        return plan(source, params, self.rules)
+
     def generate(self, pipe, image, params, report: ProgressCallback, memory: MemoryOptions):
         apply_memory_options(pipe, memory)
         device = pipe._execution_device  # the GPU even while the sub-models are offloaded
+        framing = self.framing(pipe, image.size, params)
 
         # 1. Encode prompts
         report(Progress("encoding_prompt"))
         prompt_embeds = encode_prompt(pipe, params.prompt, device)
-        negative_embeds = encode_prompt(pipe, params.negative_prompt or "", device)
+        negative_embeds = encode_prompt(pipe, params.negative_prompt or NEGATIVE_PROMPT, device)
 
         # 2. Denoise, counting scheduler steps (the pipeline has no step callback)
         with _global_rng_seeded(params.seed, device), _counting_steps(pipe.scheduler, params.steps, report):
             result = pipe(
-                image=image,
+                image=framing.apply(image),
                 prompt_embeds=prompt_embeds,
                 negative_prompt_embeds=negative_embeds,
-                height=params.height,
-                width=params.width,
+                height=framing.size[1],
+                width=framing.size[0],
                 num_frames=params.num_frames,
-                target_fps=params.fps,
+                target_fps=TARGET_FPS,
                 num_inference_steps=params.steps,
                 guidance_scale=params.guidance_scale,
                 generator=seeded_generator(params.seed),

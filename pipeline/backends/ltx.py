@@ -2,9 +2,9 @@
 
 Checkpoints from 0.9.5 on run through LTXConditionPipeline, older ones (0.9.0, 0.9.1) through
 LTXImageToVideoPipeline. Some 0.9.5+ folders are saved as LTXPipeline, so the VAE tells them apart too:
-0.9.5 brought a new VAE (LTXVideo095DownBlock3D). Distilled checkpoints
-want 4-10 steps and guidance 1, which a sidecar (or a preset folder) asks for like any other
-parameter. Frame-rate conditioning is the video's fps.
+0.9.5 brought a new VAE (LTXVideo095DownBlock3D). The presets are the distilled default's (8 steps,
+guidance 1); a non-distilled checkpoint gets its own from pipeline.native. Frame-rate conditioning is
+the video's fps.
 """
 
 from __future__ import annotations
@@ -16,18 +16,27 @@ from pipeline.backends.base import (
     MemoryOptions,
     Preset,
     ProgressCallback,
-    generate_with_text,
     from_pretrained,
+    generate_with_text,
 )
+from pipeline.framing import Framing, plan
 
 CONDITION_PIPELINE = "LTXConditionPipeline"
+MAX_SEQUENCE_LENGTH = 256
+DISTILLED_TIMESTEPS = (1000, 993, 987, 981, 975, 909, 725, 0.03)
+"""The distilled checkpoints' own 8-step schedule (diffusers' LTX docs for 0.9.7 and 0.9.8 distilled: the
+base pass, with guidance 1.0, guidance_rescale 0.7 and no noise on the image condition)."""
 
-# LTX-Video's card: sizes divisible by 32, 8k+1 frames, best below 720x1280 and 257 frames; the
-# diffusers examples use 704x480 / 768x512, 161 frames, 50 steps (40 with guidance 3), 24-30 fps.
+# The default is the newest LTX-Video checkpoint in diffusers' format that diffusers 0.42 loads:
+# 0.9.8 13B distilled (LTXConditionPipeline; LTX-2 is another model family and pipeline). Distilled, it
+# samples in 8 steps without guidance (diffusers' LTX docs: guidance 1.0 for distilled variants); the
+# issue's 768x512x121 job is its standard preset. Its card: sizes divisible by 32, 8k+1 frames, best
+# below 720x1280 and 257 frames. Non-distilled checkpoints get 40-50 steps and guidance 3
+# (pipeline.native). Every size is a pixel budget in the image's aspect ratio.
 RULES = BackendRules(
     name="ltx",
     pipeline_classes=(CONDITION_PIPELINE, "LTXImageToVideoPipeline", "LTXPipeline"),
-    default_model="Lightricks/LTX-Video",
+    default_model="Lightricks/LTX-Video-0.9.8-13B-distilled",
     prompt_required=True,
     size_multiple=32,
     min_size=32,
@@ -37,15 +46,16 @@ RULES = BackendRules(
     guidance_range=(1.0, 10.0),
     fps_range=(8, 60),
     presets={
-        "preview": Preset(width=512, height=352, num_frames=65, steps=20, fps=24, guidance_scale=3.0),
-        "standard": Preset(width=704, height=480, num_frames=121, steps=40, fps=24, guidance_scale=3.0),
-        "high": Preset(width=768, height=512, num_frames=161, steps=50, fps=24, guidance_scale=3.0),
-        "max": Preset(width=1216, height=704, num_frames=257, steps=50, fps=24, guidance_scale=3.0),
+        "preview": Preset(width=512, height=352, num_frames=65, steps=8, fps=24, guidance_scale=1.0),
+        "standard": Preset(width=768, height=512, num_frames=121, steps=8, fps=24, guidance_scale=1.0),
+        "high": Preset(width=1216, height=704, num_frames=121, steps=8, fps=24, guidance_scale=1.0),
+        "max": Preset(width=1216, height=704, num_frames=257, steps=8, fps=24, guidance_scale=1.0),
     },
     ladder_rungs=LADDER_RUNGS,
-    licence="OpenRAIL-M (0.9.0-0.9.1); LTXV Open Weights License (0.9.5 and later)",
+    licence="LTXV Open Weights License (0.9.5 and later, the default 0.9.8 included); OpenRAIL-M (0.9.0-0.9.1)",
     hub_prefixes=("Lightricks/LTX-Video",),
     default_dtype="bfloat16",  # trained and published in bf16
+    keeps_image_aspect=True,
 )
 
 
@@ -55,6 +65,11 @@ def pipeline_class_for(class_name: str | None, vae_config: dict | None = None):
 
     new_vae = "LTXVideo095DownBlock3D" in (vae_config or {}).get("down_block_types", ())
     return LTXConditionPipeline if class_name == CONDITION_PIPELINE or new_vae else LTXImageToVideoPipeline
+
+
+def is_distilled(pipe) -> bool:
+    """Distillation leaves no trace in the configs: Lightricks names those checkpoints "...-distilled"."""
+    return "distilled" in str(getattr(pipe, "name_or_path", "")).lower()
 
 
 class Backend:
@@ -107,11 +122,20 @@ class Backend:
             tokenizer=build_t5_tokenizer(), transformer=transformer,
         )
 
+    def framing(self, pipe, source, params) -> Framing:
+        return plan(source, params, self.rules)
+
     def generate(self, pipe, image, params, report: ProgressCallback, memory: MemoryOptions):
-        extra = {"frame_rate": params.fps}
+        # LTX-Video was trained on 256 T5 tokens (its inference.py, and LTXConditionPipeline's default);
+        # LTXImageToVideoPipeline's default of 128 would cut longer prompts in half.
+        extra = {"frame_rate": params.fps, "max_sequence_length": MAX_SEQUENCE_LENGTH}
+        condition = type(pipe).__name__ == CONDITION_PIPELINE
         if pipe.vae.config.timestep_conditioning:
             # Timestep-aware VAEs (0.9.1 on) decode best slightly noised: the values diffusers documents.
             extra.update(decode_timestep=0.05, decode_noise_scale=0.025)
-            if type(pipe).__name__ == CONDITION_PIPELINE:
+            if condition:
                 extra["image_cond_noise_scale"] = 0.025
-        return generate_with_text(pipe, image, params, report, memory, **extra)
+        if condition and is_distilled(pipe) and params.steps == len(DISTILLED_TIMESTEPS):
+            extra.update(timesteps=list(DISTILLED_TIMESTEPS), guidance_rescale=0.7, image_cond_noise_scale=0.0)
+        return generate_with_text(pipe, image, self.framing(pipe, image.size, params), params, report, memory,
+                                  **extra)

@@ -21,6 +21,7 @@ from pipeline.backends.base import (
     step_callback,
     to_uint8,
 )
+from pipeline.framing import Framing, plan
 
 # Model card of stable-video-diffusion-img2vid-xt: 1024x576, 25 frames, 25 steps, max guidance 3,
 # fps conditioning around 6-7 (diffusers' default 7).
@@ -45,6 +46,7 @@ RULES = BackendRules(
     ladder_rungs=LADDER_RUNGS,
     licence="Stability AI Community License",
     hub_prefixes=("stabilityai/stable-video-diffusion",),
+    keeps_image_aspect=True,
 )
 
 
@@ -103,13 +105,17 @@ class Backend:
             feature_extractor=CLIPImageProcessorPil(crop_size=32, size=32),
         )
 
+    def framing(self, pipe, source, params) -> Framing:
+        return plan(source, params, self.rules)
+
     def generate(self, pipe, image, params, report: ProgressCallback, memory: MemoryOptions):
+        framing = self.framing(pipe, image.size, params)
         apply_memory_options(pipe, memory)
         report(Progress("encoding_prompt"))  # the image embedding: SVD has no text
         result = pipe(
-            image=image,
-            height=params.height,
-            width=params.width,
+            image=framing.apply(image),
+            width=framing.size[0],
+            height=framing.size[1],
             num_frames=params.num_frames,
             num_inference_steps=params.steps,
             min_guidance_scale=1.0,

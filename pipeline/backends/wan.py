@@ -15,12 +15,15 @@ from pipeline.backends.base import (
     MemoryOptions,
     Preset,
     ProgressCallback,
-    generate_with_text,
     from_pretrained,
+    generate_with_text,
 )
 from pipeline.errors import ModelUnavailable
+from pipeline.framing import Framing, plan
 
-# Wan2.2-TI2V-5B's card: 1280x704 (or 704x1280), 121 frames at 24 fps, 50 steps, guidance 5.0.
+# Wan2.2-TI2V-5B's card and generate.py: 1280x704 or 704x1280 only (SUPPORTED_SIZES["ti2v-5B"]), 121
+# frames at 24 fps, 50 steps, guidance 5.0, shift 5.0. Every preset is that pixel budget in the image's
+# aspect ratio (best_output_size); standard is the authors' default job, preview saves frames and steps.
 RULES = BackendRules(
     name="wan",
     # Wan2.2-TI2V-5B-Diffusers is saved as WanPipeline (text and image in one model); so is Wan2.1-T2V.
@@ -37,17 +40,32 @@ RULES = BackendRules(
     guidance_range=(1.0, 10.0),
     fps_range=(8, 30),  # the model takes no fps: this is the MP4's rate (24 for 5B, 16 for 2.1)
     presets={
-        "preview": Preset(width=640, height=352, num_frames=41, steps=20, fps=24, guidance_scale=5.0),
-        "standard": Preset(width=960, height=544, num_frames=81, steps=30, fps=24, guidance_scale=5.0),
-        "high": Preset(width=1280, height=704, num_frames=121, steps=50, fps=24, guidance_scale=5.0),
-        "max": Preset(width=1280, height=704, num_frames=121, steps=80, fps=24, guidance_scale=5.0),
+        "preview": Preset(width=1280, height=704, num_frames=41, steps=20, fps=24, guidance_scale=5.0),
+        "standard": Preset(width=1280, height=704, num_frames=121, steps=50, fps=24, guidance_scale=5.0),
+        "high": Preset(width=1280, height=704, num_frames=121, steps=70, fps=24, guidance_scale=5.0),
+        "max": Preset(width=1280, height=704, num_frames=121, steps=100, fps=24, guidance_scale=5.0),
     },
     ladder_rungs=LADDER_RUNGS,
     licence="Apache-2.0",
     hub_prefixes=("Wan-AI/",),
     default_dtype="bfloat16",  # trained and published in bf16
     image_capable_when={"WanPipeline": {"expand_timesteps": True}},  # TI2V: the image is the first latent frame
+    keeps_image_aspect=True,
 )
+
+NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
+    "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
+    "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+"""The authors' default negative prompt (wan/configs/shared_config.py `sample_neg_prompt`), for jobs without one."""
+
+AREA_480P = 832 * 480
+
+
+def flow_shift_for(width: int, height: int) -> float:
+    """The authors' sampling shift: 3.0 at 480p (Wan2.1's generate.py for 480p), 5.0 at 720p (their configs)."""
+    return 3.0 if width * height <= AREA_480P else 5.0
 
 
 class Backend:
@@ -64,11 +82,10 @@ class Backend:
         refusal = index and RULES.refusal(index)
         if refusal:
             raise ModelUnavailable(f"model {model!r} is {refusal}")
-        pipe = from_pretrained(WanImageToVideoPipeline, model, placement, try_fp16_variant=False)
-        if placement.dtype != torch.float32:
-            # Wan's own examples keep the VAE in float32: in half precision its decode loses detail.
-            pipe.vae.to(dtype=torch.float32)
-        return pipe
+        # The VAE loads in float32 (the authors' examples and diffusers' Wan docs): in half precision its
+        # decode loses detail, and loading it half first then upcasting would round its weights.
+        return from_pretrained(WanImageToVideoPipeline, model, placement, try_fp16_variant=False,
+                               component_dtypes={"vae": torch.float32})
 
     def build_tiny(self):
         """Random weights in the shapes of diffusers' own Wan 2.2 TI2V-5B fast tests (the default model)."""
@@ -102,5 +119,18 @@ class Backend:
             boundary_ratio=None, expand_timesteps=True,
         )
 
+    def framing(self, pipe, source, params) -> Framing:
+        return plan(source, params, self.rules)
+
     def generate(self, pipe, image, params, report: ProgressCallback, memory: MemoryOptions):
-        return generate_with_text(pipe, image, params, report, memory)
+        framing = self.framing(pipe, image.size, params)
+        set_flow_shift(pipe, flow_shift_for(*framing.size))
+        return generate_with_text(pipe, image, framing, params, report, memory,
+                                  default_negative_prompt=NEGATIVE_PROMPT)
+
+
+def set_flow_shift(pipe, shift: float) -> None:
+    """The scheduler with `shift`, rebuilt from its own config only when the shift changes."""
+    config = pipe.scheduler.config
+    if "flow_shift" in config and config.flow_shift != shift:
+        pipe.scheduler = type(pipe.scheduler).from_config(config, flow_shift=shift)

@@ -31,7 +31,7 @@ def test_a_submitted_job_is_queued_once_with_its_inputs_kept_like_an_inbox_pair(
     assert job.state == JobState.QUEUED and job.priority == 2 and job.output_stem == "my beach"
     assert job.params == {"version": 2, "prompt": "waves on a beach", "negative_prompt": None, "width": 32,
                           "height": 32, "num_frames": 8, "fps": 8, "steps": 10, "guidance_scale": 9.0, "seed": 7,
-                          "interpolate": 1}
+                          "interpolate": 1, "keep_aspect": False}
     done = web.settings.done_dir / "web"
     assert Path(job.image_path) == done / "my beach.png" and PIL.Image.open(job.image_path).size == (48, 40)
     assert json.loads(Path(job.sidecar_path).read_text()) == {
