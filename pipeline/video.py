@@ -14,7 +14,7 @@ import re
 import signal
 import subprocess
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -42,6 +42,9 @@ ENCODERS = ("libx264", "h264_nvenc")
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 # NVENC's own speed/quality scale (p1 fastest .. p7 best); p4 is its default. x264 presets do not apply.
 NVENC_PRESET = "p4"
+# NVENC refuses frames below a size that differs by GPU (145x49 and 145x96 are reported); where `auto`
+# chose it, a video with a side under this goes to libx264, which costs next to nothing at that size.
+NVENC_MIN_SIDE = 256
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class EncoderOptions:
     preset: str = "medium"  # x264's preset; NVENC runs NVENC_PRESET
     crf: int = 18  # constant quality, lower is better: x264's -crf, NVENC's -cq
     threads: int = 0  # x264's frame threads; 0 lets x264 decide (all cores)
+    auto: bool = False  # chosen by "auto": small videos may go to libx264 (see for_size)
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
@@ -62,6 +66,12 @@ class EncoderOptions:
             raise ValueError(f"CRF must be between 0 and 51, not {self.crf}")
         if self.threads < 0:
             raise ValueError(f"encoder threads must be 0 (automatic) or more, not {self.threads}")
+
+    def for_size(self, width: int, height: int) -> EncoderOptions:
+        """The options to encode a width x height video with: libx264 where `auto` chose NVENC and it is small."""
+        if self.encoder == "h264_nvenc" and self.auto and min(width, height) < NVENC_MIN_SIDE:
+            return replace(self, encoder="libx264")
+        return self
 
     def ffmpeg_args(self) -> list[str]:
         """The output options that select and tune the encoder."""
@@ -78,15 +88,17 @@ class EncoderOptions:
 
 
 def choose_encoder(requested: str, *, preset: str = "medium", crf: int = 18, threads: int = 0) -> EncoderOptions:
-    """The options for `requested`: an encoder name, or "auto" (h264_nvenc where it works here, else libx264).
+    """The options for `requested`: an encoder name, or "auto" (h264_nvenc where it works here, else libx264;
+    videos too small for NVENC go to libx264 all the same).
 
     Raises EncoderUnavailable, saying why in one line, when an encoder named outright cannot encode here.
     """
     if requested == "auto":
-        requested = "h264_nvenc" if encoder_problem("h264_nvenc") is None else "libx264"
-    elif requested not in ENCODERS:
+        encoder = "h264_nvenc" if encoder_problem("h264_nvenc") is None else "libx264"
+        return EncoderOptions(encoder, preset, crf, threads, auto=True)
+    if requested not in ENCODERS:
         raise EncoderUnavailable(f"video encoder {requested!r} is not one of auto, {', '.join(ENCODERS)}")
-    elif problem := encoder_problem(requested):
+    if problem := encoder_problem(requested):
         raise EncoderUnavailable(problem)
     return EncoderOptions(requested, preset, crf, threads)
 
@@ -214,6 +226,7 @@ def encode_mp4(frames: np.ndarray, path: Path, fps: int, *, tags: Mapping[str, s
     tags = dict(tags or {})
     _check_tags(tags)
     plan = plan_interpolation(count, fps, interpolate)
+    options = options.for_size(width, height)
 
     cmd = [
         imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",

@@ -58,8 +58,16 @@ def test_options_outside_what_the_encoders_take_are_refused(field, value, messag
 def test_auto_picks_libx264_where_nvenc_cannot_work(tmp_path, monkeypatch):
     no_gpu_ffmpeg(tmp_path, monkeypatch)
     chosen = choose_encoder("auto", preset="fast", crf=20, threads=3)
-    assert chosen == EncoderOptions("libx264", "fast", 20, 3)
+    assert chosen == EncoderOptions("libx264", "fast", 20, 3, auto=True)
     assert probe(encode_mp4(noise(8, 32, 32), tmp_path / "v.mp4", fps=8, options=chosen).path)[0] == 8
+
+
+def test_small_videos_go_to_libx264_only_where_auto_chose_nvenc():
+    # NVENC refuses frames below a size that depends on the GPU; tiny smoke-test videos must still encode.
+    chosen = EncoderOptions("h264_nvenc", auto=True)
+    assert chosen.for_size(32, 32).encoder == "libx264" and chosen.for_size(256, 144).encoder == "libx264"
+    assert chosen.for_size(512, 288).encoder == "h264_nvenc"
+    assert EncoderOptions("h264_nvenc").for_size(32, 32).encoder == "h264_nvenc"  # asked for by name: tried
 
 
 def test_nvenc_named_where_it_cannot_work_is_refused_in_one_line(tmp_path, monkeypatch):
