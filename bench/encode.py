@@ -1,4 +1,5 @@
-"""Encoding cost against file size and quality: libx264 presets and CRFs through `encode_mp4`.
+"""Encoding cost against file size and quality: libx264 presets and CRFs through `encode_mp4`; then the
+poster and preview, the rest of a video's publish cost.
 
 For each video size and each preset × CRF, the project's own `encode_mp4` (encode, then decode every
 frame to verify) is timed, and the file is compared with the frames it was made from by ffmpeg's `ssim`
@@ -24,6 +25,7 @@ import imageio_ffmpeg
 import numpy as np
 
 from bench.harness import footer, header
+from pipeline.previews import write_poster, write_preview
 from pipeline.video import EncoderOptions, encode_mp4, probe_mp4
 
 SIZES = {"512x512x16": (512, 512, 16, 8), "768x480x121": (768, 480, 121, 24), "1280x704x121": (1280, 704, 121, 24)}
@@ -83,6 +85,12 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def own_cpu() -> float:
+    """User + system CPU seconds of this process (Pillow's work for the poster and preview)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", choices=SIZES, default=list(SIZES))
@@ -120,7 +128,16 @@ def main(argv: list[str] | None = None) -> int:
                     kbps = encoded.info.size_bytes * 8 / 1000 / (count / fps)
                     print(f"| {size} | {preset} | {crf} | {wall:.2f} | {cpu:.2f} | {verify:.2f} | {size_mb:.2f} | "
                           f"{kbps:.0f} | {ssim:.4f} | {psnr:.2f} |", flush=True)
-    footer("encode: see the table; compare presets at equal SSIM, not only at equal CRF")
+        print("\n| video | poster + preview CPU s | preview KB |")
+        print("|---|---:|---:|", flush=True)
+        for size in args.sizes:
+            width, height, count, fps = SIZES[size]
+            reference = frames(width, height, count)
+            started = own_cpu()
+            write_poster(reference, Path(scratch) / "p.jpg")
+            preview = write_preview(reference, Path(scratch) / "p.webp", fps)
+            print(f"| {size} | {own_cpu() - started:.2f} | {preview.size_bytes / 1000:.0f} |", flush=True)
+    footer("encode: see the tables; compare presets at equal SSIM, not only at equal CRF")
     return 0
 
 
