@@ -11,9 +11,10 @@ import sys
 import pytest
 from pydantic import ValidationError
 
+from daemon.encoding import worker_cores
 from daemon.settings import Settings
 from pipeline.errors import EncoderUnavailable
-from pipeline.video import EncoderOptions, choose_encoder, encode_mp4
+from pipeline.video import EncoderOptions, choose_encoder, encode_mp4, encoder_threads
 from support.daemons import daemon_env, wait_for
 from support.files import drop_pair, probe
 from support.video import ffmpeg_wrapper, noise, x264_options
@@ -94,13 +95,34 @@ def test_an_unknown_encoder_name_is_a_settings_error(tmp_path):
         Settings(state_dir=tmp_path, video_crf=60)
 
 
+def test_x264_gets_the_cores_the_worker_leaves_free(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(16)))
+    assert encoder_threads(worker_cores("cuda")) == 15  # one core drives the GPU
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 12)
+    assert encoder_threads(worker_cores("cpu")) == 4  # torch computes on 12
+    assert encoder_threads(16) == 1  # never none
+
+
+def doctor_line(env: dict[str, str], check: str) -> tuple[int, str]:
+    doctor = subprocess.run([sys.executable, "-m", "daemon.cli", "doctor"], env=env, capture_output=True,
+                            text=True, timeout=120)
+    [line] = [line for line in doctor.stdout.splitlines() if line[6:].startswith(f"{check} ")]
+    return doctor.returncode, line
+
+
+def test_doctor_says_which_encoder_auto_picks(dirs, tmp_path):
+    _, line = doctor_line(daemon_env(dirs, IMAGEIO_FFMPEG_EXE=str(ffmpeg_wrapper(tmp_path, NO_GPU)),
+                                              I2VD_VIDEO_PRESET="veryfast"), "encoder")
+    assert line == "ok    encoder   videos are encoded with libx264 (auto): preset veryfast, crf 18."
+
+
 def test_doctor_and_run_refuse_nvenc_where_it_cannot_work(dirs, tmp_path):
     env = daemon_env(dirs, I2VD_VIDEO_ENCODER="h264_nvenc",
                      IMAGEIO_FFMPEG_EXE=str(ffmpeg_wrapper(tmp_path, NO_GPU)))
-    doctor = subprocess.run([sys.executable, "-m", "daemon.cli", "doctor"], env=env, capture_output=True,
-                            text=True, timeout=120)
-    assert doctor.returncode == 1, doctor.stdout + doctor.stderr
-    [line] = [line for line in doctor.stdout.splitlines() if line[6:].startswith("encoder ")]
+    returncode, line = doctor_line(env, "encoder")
+    assert returncode == 1, line
     assert line.startswith("FAIL") and "video_encoder=h264_nvenc: ffmpeg's h264_nvenc encoder does not work " \
                                       "here" in line and line.endswith("set I2VD_VIDEO_ENCODER=auto or libx264.")
 
