@@ -65,7 +65,7 @@ def frames(width: int, height: int, count: int) -> np.ndarray:
 
 def quality(video: Path, reference: np.ndarray, fps: int) -> tuple[float, float]:
     """(SSIM all planes, PSNR average in dB) of `video` against `reference`, by ffmpeg's filters."""
-    count, height, width, _ = reference.shape
+    height, width = reference.shape[1:3]
     graph = ("[0:v]format=yuv420p,split[a][b];[1:v]format=yuv420p,split[c][d];"
              "[a][c]ssim[s];[b][d]psnr[p]")
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostats", "-i", str(video),

@@ -40,9 +40,10 @@ class Worker:
     """Runs queued jobs one at a time on a pipeline that stays loaded."""
 
     def __init__(self, settings: Settings, queue: JobQueue, models: ModelPool,
-                 worker_id: int | None = None, encoder: EncoderOptions = EncoderOptions()) -> None:
+                 worker_id: int | None = None, encoder: EncoderOptions | None = None) -> None:
         self.settings = settings
-        self.encoder = encoder  # chosen at start-up (daemon.encoding), used unchanged for every video
+        # Chosen at start-up (daemon.encoding), used unchanged for every video.
+        self.encoder = encoder or EncoderOptions()
         self.queue = queue
         self.models = models
         self.loaded: LoadedModel | None = None  # the running job's model

@@ -10,14 +10,14 @@ import sys
 
 import pytest
 from pydantic import ValidationError
+from support.daemons import daemon_env, wait_for
+from support.files import drop_pair, probe
+from support.video import ffmpeg_wrapper, noise, x264_options
 
 from daemon.encoding import worker_cores
 from daemon.settings import Settings
 from pipeline.errors import EncoderUnavailable
 from pipeline.video import EncoderOptions, choose_encoder, encode_mp4, encoder_threads
-from support.daemons import daemon_env, wait_for
-from support.files import drop_pair, probe
-from support.video import ffmpeg_wrapper, noise, x264_options
 
 NO_GPU = 'CUDA_VISIBLE_DEVICES= exec "$FFMPEG" "$@"'  # the CUDA driver then sees no device
 
@@ -107,7 +107,7 @@ def test_x264_gets_the_cores_the_worker_leaves_free(monkeypatch):
 
 def doctor_line(env: dict[str, str], check: str) -> tuple[int, str]:
     doctor = subprocess.run([sys.executable, "-m", "daemon.cli", "doctor"], env=env, capture_output=True,
-                            text=True, timeout=120)
+                            text=True, timeout=120, check=False)
     [line] = [line for line in doctor.stdout.splitlines() if line[6:].startswith(f"{check} ")]
     return doctor.returncode, line
 
@@ -127,7 +127,7 @@ def test_doctor_and_run_refuse_nvenc_where_it_cannot_work(dirs, tmp_path):
                                       "here" in line and line.endswith("set I2VD_VIDEO_ENCODER=auto or libx264.")
 
     run = subprocess.run([sys.executable, "-m", "daemon.cli", "run"], env=env, capture_output=True, text=True,
-                         timeout=120)
+                         timeout=120, check=False)
     assert run.returncode == 2
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("i2vd: video_encoder=h264_nvenc: ffmpeg's h264_nvenc encoder does not work here")
