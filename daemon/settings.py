@@ -60,6 +60,16 @@ class Settings(BaseSettings):
     keep_raw_video: bool = Field(False, description="With interpolation, also keep the video as generated, "
                                  "NAME.raw.mp4.")
 
+    # Video encoding (restart to change; `i2vd doctor` says which encoder `auto` picks here)
+    video_encoder: Literal["auto", "libx264", "h264_nvenc"] = Field(
+        "auto", description="H.264 encoder: auto (h264_nvenc where this ffmpeg has it and an NVIDIA GPU is "
+        "present, else libx264), libx264, or h264_nvenc (refused at start-up where it cannot work).")
+    video_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+                          "veryslow"] = Field("medium", description="libx264's preset: speed against file size.")
+    video_crf: int = Field(18, ge=0, le=51, description="Constant quality, lower is better: libx264's CRF, "
+                           "NVENC's -cq.")
+    video_threads: int = Field(0, ge=0, description="libx264 threads; 0: the cores the worker does not use.")
+
     # Intake
     settle_seconds: float = Field(3.0, gt=0, description="A file is ready once unchanged this long.")
     pair_timeout_seconds: float = Field(600.0, gt=0, description="How long a lone image or sidecar waits.")

@@ -36,3 +36,10 @@ class NonFiniteOutput(PipelineError):
 
     code = "nonfinite_output"
     retryable = False
+
+
+class EncoderUnavailable(PipelineError):
+    """The configured video encoder does not work with this ffmpeg on this machine."""
+
+    code = "encode_error"
+    retryable = False

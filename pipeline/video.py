@@ -7,18 +7,20 @@ checked, and the file is then read back (frame count, size, fps, tags) before `e
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import re
 import signal
 import subprocess
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
 
-from pipeline.errors import EncodeError
+from pipeline.errors import EncodeError, EncoderUnavailable
 from pipeline.params import INTERPOLATION_FACTORS, GenerationParams
 
 INTERPOLATION_METHOD = "ffmpeg-minterpolate"
@@ -33,6 +35,104 @@ MP4_TAG_KEYS = frozenset({
     "title", "comment", "description", "synopsis", "artist", "album", "album_artist", "composer",
     "date", "genre", "copyright", "grouping", "keywords",
 })
+
+
+# H.264 encoders encode_mp4 can drive; "auto" in the settings picks one of them (see choose_encoder).
+ENCODERS = ("libx264", "h264_nvenc")
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+# NVENC's own speed/quality scale (p1 fastest .. p7 best); p4 is its default. x264 presets do not apply.
+NVENC_PRESET = "p4"
+# NVENC refuses frames below a size that differs by GPU (145x49 and 145x96 are reported); where `auto`
+# chose it, a video with a side under this goes to libx264, which costs next to nothing at that size.
+NVENC_MIN_SIDE = 256
+
+
+@dataclass(frozen=True)
+class EncoderOptions:
+    """How `encode_mp4` compresses: an ffmpeg H.264 encoder and its speed and quality knobs."""
+
+    encoder: str = "libx264"
+    preset: str = "medium"  # x264's preset; NVENC runs NVENC_PRESET
+    crf: int = 18  # constant quality, lower is better: x264's -crf, NVENC's -cq
+    threads: int = 0  # x264's frame threads; 0 lets x264 decide (all cores)
+    auto: bool = False  # chosen by "auto": small videos may go to libx264 (see for_size)
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"video encoder must be one of {', '.join(ENCODERS)}, not {self.encoder!r}")
+        if self.preset not in X264_PRESETS:
+            raise ValueError(f"x264 preset must be one of {', '.join(X264_PRESETS)}, not {self.preset!r}")
+        if not 0 <= self.crf <= 51:
+            raise ValueError(f"CRF must be between 0 and 51, not {self.crf}")
+        if self.threads < 0:
+            raise ValueError(f"encoder threads must be 0 (automatic) or more, not {self.threads}")
+
+    def for_size(self, width: int, height: int) -> EncoderOptions:
+        """The options to encode a width x height video with: libx264 where `auto` chose NVENC and it is small."""
+        if self.encoder == "h264_nvenc" and self.auto and min(width, height) < NVENC_MIN_SIDE:
+            return replace(self, encoder="libx264")
+        return self
+
+    def ffmpeg_args(self) -> list[str]:
+        """The output options that select and tune the encoder."""
+        if self.encoder == "h264_nvenc":
+            return ["-c:v", "h264_nvenc", "-preset", NVENC_PRESET, "-rc", "vbr", "-cq", str(self.crf), "-b:v", "0"]
+        args = ["-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf)]
+        return args + ["-threads", str(self.threads)] if self.threads else args
+
+    def to_dict(self) -> dict:
+        """What the metadata JSON records; only the knobs the encoder uses."""
+        if self.encoder == "h264_nvenc":
+            return {"encoder": self.encoder, "preset": NVENC_PRESET, "cq": self.crf}
+        return {"encoder": self.encoder, "preset": self.preset, "crf": self.crf, "threads": self.threads}
+
+
+def choose_encoder(requested: str, *, preset: str = "medium", crf: int = 18, threads: int = 0) -> EncoderOptions:
+    """The options for `requested`: an encoder name, or "auto" (h264_nvenc where it works here, else libx264;
+    videos too small for NVENC go to libx264 all the same).
+
+    Raises EncoderUnavailable, saying why in one line, when an encoder named outright cannot encode here.
+    """
+    if requested == "auto":
+        encoder = "h264_nvenc" if encoder_problem("h264_nvenc") is None else "libx264"
+        return EncoderOptions(encoder, preset, crf, threads, auto=True)
+    if requested not in ENCODERS:
+        raise EncoderUnavailable(f"video encoder {requested!r} is not one of auto, {', '.join(ENCODERS)}")
+    if problem := encoder_problem(requested):
+        raise EncoderUnavailable(problem)
+    return EncoderOptions(requested, preset, crf, threads)
+
+
+def encoder_problem(encoder: str) -> str | None:
+    """Why the ffmpeg in use cannot encode with `encoder` on this machine, or None when it can."""
+    return _encoder_problem(imageio_ffmpeg.get_ffmpeg_exe(), encoder)
+
+
+@functools.cache  # one trial per ffmpeg and encoder: a GPU encoder's trial opens a CUDA context
+def _encoder_problem(exe: str, encoder: str) -> str | None:
+    try:
+        listed = subprocess.run([exe, "-hide_banner", "-encoders"], capture_output=True, text=True,
+                                check=False).stdout
+    except OSError as exc:
+        return f"ffmpeg at {exe} does not run: {exc}"
+    if not re.search(rf"^\s*V\S*\s+{re.escape(encoder)}\s", listed, re.MULTILINE):
+        return f"the ffmpeg in use ({exe}) has no {encoder} encoder"
+    # Listed is not enough: NVENC is compiled into most builds and needs an NVIDIA GPU and driver at run
+    # time. Two black frames at a size every H.264 encoder takes show whether it really works here.
+    width, height, frames = 256, 256, 2
+    cmd = [exe, "-hide_banner", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+           "-s", f"{width}x{height}", "-r", "8", "-i", "-", *EncoderOptions(encoder).ffmpeg_args(),
+           "-pix_fmt", "yuv420p", "-f", "null", "-"]
+    result = subprocess.run(cmd, input=bytes(width * height * 3 * frames), capture_output=True, check=False)
+    if result.returncode != 0:
+        hint = " (it needs an NVIDIA GPU and driver)" if encoder.endswith("_nvenc") else ""
+        return f"ffmpeg's {encoder} encoder does not work here{hint}: {_exit_reason(result)}"
+    return None
+
+
+def encoder_threads(worker_cores: int) -> int:
+    """x264 threads for the cores this process may use that the worker does not keep busy; at least 1."""
+    return max(1, len(os.sched_getaffinity(0)) - worker_cores)
 
 
 @dataclass(frozen=True)
@@ -69,6 +169,7 @@ class EncodedVideo:
     path: Path
     info: VideoInfo
     interpolation: Interpolation
+    encoder: EncoderOptions
 
 
 def plan_interpolation(num_frames: int, fps: int, factor: int) -> Interpolation:
@@ -109,8 +210,10 @@ def video_tags(title: str, params: GenerationParams, *, model: str, version: str
 
 
 def encode_mp4(frames: np.ndarray, path: Path, fps: int, *, tags: Mapping[str, str] | None = None,
-               interpolate: int = 1) -> EncodedVideo:
+               interpolate: int = 1, options: EncoderOptions = EncoderOptions()) -> EncodedVideo:
     """Write uint8 frames (N, H, W, 3) as H.264 yuv420p with `tags`, interpolated by `interpolate`.
+
+    `options` picks the encoder and its knobs (see `choose_encoder`); every encoder's file is verified alike.
 
     H and W must be even. Raises EncodeError, leaving no file at `path`, when ffmpeg fails or the
     file it wrote does not hold the expected frames, size, rate and tags.
@@ -123,6 +226,7 @@ def encode_mp4(frames: np.ndarray, path: Path, fps: int, *, tags: Mapping[str, s
     tags = dict(tags or {})
     _check_tags(tags)
     plan = plan_interpolation(count, fps, interpolate)
+    options = options.for_size(width, height)
 
     cmd = [
         imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
@@ -131,8 +235,7 @@ def encode_mp4(frames: np.ndarray, path: Path, fps: int, *, tags: Mapping[str, s
     ]
     if plan.filter:
         cmd += ["-vf", plan.filter, "-frames:v", str(plan.frames)]
-    cmd += ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18", "-preset", "medium",
-            "-movflags", "+faststart"]
+    cmd += [*options.ffmpeg_args(), "-pix_fmt", "yuv420p", "-movflags", "+faststart"]
     for key, value in tags.items():
         cmd += ["-metadata", f"{key}={value}"]
     cmd += ["-f", "mp4", str(path)]
@@ -158,7 +261,7 @@ def encode_mp4(frames: np.ndarray, path: Path, fps: int, *, tags: Mapping[str, s
     except BaseException:
         path.unlink(missing_ok=True)  # a broken file must never look like a video
         raise
-    return EncodedVideo(path, info, plan)
+    return EncodedVideo(path, info, plan, options)
 
 
 def probe_mp4(path: Path) -> VideoInfo:
@@ -254,8 +357,8 @@ def _exit_reason(result: subprocess.CompletedProcess) -> str:
 
 
 # What ffmpeg says about a broken file, most telling first; its log is long and mostly noise.
-_COMPLAINTS = ("moov atom not found", "partial file", "No space left", "No such file", "Invalid data found",
-               "rror")
+_COMPLAINTS = ("Cannot load", "No NVENC capable", "moov atom not found", "partial file", "No space left",
+               "No such file", "Invalid data found", "rror")
 _PREFIX = re.compile(r"^(\[[^]]*@ 0x[0-9a-f]+\] ?)+")  # "[h264 @ 0x55...] ", repeated
 
 

@@ -33,6 +33,7 @@ from daemon.worker.registry import WorkerRegistry, this_process
 if TYPE_CHECKING:
     from daemon.models.pool import ModelPool
     from daemon.worker.runner import Worker
+    from pipeline.video import EncoderOptions
 
 log = get_logger("i2vd.service")
 
@@ -97,13 +98,15 @@ class Daemon:
                 self._migrate(engine)
                 queue = JobQueue(session_factory(engine))
                 if s.intake_only:
-                    pool = None
+                    pool = encoder = None
                     metrics_server = self._start_metrics(queue, None)
                     metrics.info.info({"version": __version__, "role": "intake"})
                 else:
+                    from daemon.encoding import video_encoder
                     from pipeline.runtime import dtype_name, resolve_placement
 
                     device = resolve_placement(s.device).device
+                    encoder = video_encoder(s, device.type)  # before the load: a wrong one fails fast
                     # Before the load: a taken port fails fast.
                     metrics_server = self._start_metrics(queue, device)
                     self.notifier.status(f"Starting: loading model {catalog.default.value}")
@@ -115,7 +118,7 @@ class Daemon:
             if self.stop.is_set():
                 self.notifier.stopping("Stopped during start-up")
                 return 0
-            return self._serve(queue, catalog, pool, session_factory(engine))
+            return self._serve(queue, catalog, pool, session_factory(engine), encoder)
         finally:
             if metrics_server is not None:
                 metrics_server.close()
@@ -149,7 +152,7 @@ class Daemon:
         return server
 
     def _serve(self, queue: JobQueue, catalog: ModelCatalog, pool: ModelPool | None,
-               sessions: sessionmaker[Session]) -> int:
+               sessions: sessionmaker[Session], encoder: EncoderOptions | None) -> int:
         s = self.settings
         recover_jobs(queue, s.max_crash_attempts)
         sweep_outputs(queue, s.outputs_dir)
@@ -168,7 +171,7 @@ class Daemon:
             from daemon.worker.runner import Worker
 
             registry = WorkerRegistry(sessions, this_process(), s.lease_seconds)
-            worker = Worker(s, queue, pool, registry.register(pool.device, catalog.names))
+            worker = Worker(s, queue, pool, registry.register(pool.device, catalog.names), encoder)
             registry.start()
             worker_thread = threading.Thread(target=self._run_worker, args=(worker,), name="worker", daemon=True)
             worker_thread.start()

@@ -86,7 +86,7 @@ def check_gpu(settings: Settings) -> list[Finding]:
                                  f"(CUDA {torch.version.cuda}).")]
 
 
-def check_ffmpeg(_settings: Settings) -> list[Finding]:
+def check_ffmpeg(settings: Settings) -> list[Finding]:
     import imageio_ffmpeg
 
     try:
@@ -105,7 +105,22 @@ def check_ffmpeg(_settings: Settings) -> list[Finding]:
     if "libx264" not in encoders:
         return [Finding("ffmpeg", "fail", f"{exe} has no libx264 encoder, which i2vd needs for H.264 MP4s.")]
     release = version.split()[2] if len(version.split()) > 2 else "unknown version"
-    return [Finding("ffmpeg", "ok", f"ffmpeg {release} with libx264 at {exe}.")]
+    return [Finding("ffmpeg", "ok", f"ffmpeg {release} with libx264 at {exe}."), _check_encoder(settings)]
+
+
+def _check_encoder(settings: Settings) -> Finding:
+    from pipeline.errors import EncoderUnavailable
+    from pipeline.video import choose_encoder
+
+    try:
+        options = choose_encoder(settings.video_encoder, preset=settings.video_preset, crf=settings.video_crf)
+    except EncoderUnavailable as exc:
+        return Finding("encoder", "fail", f"video_encoder={settings.video_encoder}: {exc}; set "
+                                          "I2VD_VIDEO_ENCODER=auto or libx264.")
+    knobs = ", ".join(f"{key} {value}" for key, value in options.to_dict().items()
+                      if key not in ("encoder", "threads"))
+    chosen = " (auto)" if settings.video_encoder == "auto" else ""
+    return Finding("encoder", "ok", f"videos are encoded with {options.encoder}{chosen}: {knobs}.")
 
 
 def check_model(settings: Settings) -> list[Finding]:

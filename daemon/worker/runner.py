@@ -29,7 +29,7 @@ from pipeline.errors import GenerationInterrupted, PipelineError
 from pipeline.oom import OomLadder, Rung, free_memory, is_oom, peak_memory_bytes
 from pipeline.params import GenerationParams
 from pipeline.previews import write_poster, write_preview
-from pipeline.video import EncodedVideo, encode_mp4, plan_interpolation, video_tags
+from pipeline.video import EncodedVideo, EncoderOptions, encode_mp4, plan_interpolation, video_tags
 
 log = get_logger("i2vd.worker")
 
@@ -40,8 +40,10 @@ class Worker:
     """Runs queued jobs one at a time on a pipeline that stays loaded."""
 
     def __init__(self, settings: Settings, queue: JobQueue, models: ModelPool,
-                 worker_id: int | None = None) -> None:
+                 worker_id: int | None = None, encoder: EncoderOptions | None = None) -> None:
         self.settings = settings
+        # Chosen at start-up (daemon.encoding), used unchanged for every video.
+        self.encoder = encoder or EncoderOptions()
         self.queue = queue
         self.models = models
         self.loaded: LoadedModel | None = None  # the running job's model
@@ -136,7 +138,7 @@ class Worker:
                 document = self._metadata(job, attempt.id, params, paths.video, frames.shape, timings)
                 document["downgrade"] = _downgrade(requested, rung) if tried else None
                 document.update(frames=video.info.frames, fps=video.interpolation.fps,
-                                interpolation=video.interpolation.to_dict(),
+                                interpolation=video.interpolation.to_dict(), encoder=video.encoder.to_dict(),
                                 extras={kind: paths.path(suffix).name for kind, suffix in extras.items()})
                 return document
 
@@ -164,10 +166,10 @@ class Worker:
                               interpolation=plan_interpolation(len(frames), params.fps, interpolate))
 
         video = encode_mp4(frames, staged.temp(VIDEO), params.fps, tags=tags(params.interpolate),
-                           interpolate=params.interpolate)
+                           interpolate=params.interpolate, options=self.encoder)
         extras = {}
         if params.interpolate > 1 and self.settings.keep_raw_video:
-            encode_mp4(frames, staged.temp(RAW_VIDEO), params.fps, tags=tags(1))
+            encode_mp4(frames, staged.temp(RAW_VIDEO), params.fps, tags=tags(1), options=self.encoder)
             extras["raw_video"] = RAW_VIDEO
         if self.settings.poster:
             write_poster(frames, staged.temp(POSTER))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -45,3 +46,10 @@ def ffmpeg_wrapper(directory: Path, body: str) -> Path:
     script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     assert os.access(script, os.X_OK)
     return script
+
+
+def x264_options(path: Path) -> dict[str, str]:
+    """The settings x264 writes into every stream it makes (as `strings FILE` or mediainfo show them)."""
+    match = re.search(rb"x264 - core \d+ .*? - options: ([^\0]*)", path.read_bytes())
+    assert match, f"{path.name} holds no x264 settings: not made by libx264"
+    return dict(item.split("=", 1) for item in match.group(1).decode("ascii").split() if "=" in item)
