@@ -87,9 +87,11 @@ def checkout_copy(repo: Path, dest: Path) -> Path:
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=repo,
                             check=True, capture_output=True).stdout.decode().split("\0")
     for name in filter(None, listed):
-        source = repo / name
-        if source.is_file():
-            target = dest / name
+        source, target = repo / name, dest / name
+        if source.is_symlink():  # daemon/db/migrations -> ../../alembic and the like stay links
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(os.readlink(source))
+        elif source.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
     for folder in [dest, *(p for p in dest.rglob("*") if p.is_dir())]:
