@@ -11,7 +11,6 @@ import torch
 from pipeline.backends import backend_for_class, get_backend
 from pipeline.backends.base import MemoryOptions, ProgressCallback, VideoBackend
 from pipeline.runtime import Placement
-from pipeline.oom import raise_injected_oom
 from pipeline.params import GenerationParams
 
 
@@ -19,11 +18,10 @@ class VideoGenerator:
     """A loaded pipeline kept warm between jobs, and the backend that knows how to call it."""
 
     def __init__(self, pipe, placement: Placement, *, backend: VideoBackend | None = None,
-                 inject_oom_above: int | None = None, decode_chunk_size: int = 8) -> None:
+                 decode_chunk_size: int = 8) -> None:
         self.pipe = pipe
         self.placement = placement
         self.backend = backend or get_backend(backend_for_class(type(pipe).__name__))
-        self.inject_oom_above = inject_oom_above  # tests: OOM above width*height*frames
         self.decode_chunk_size = decode_chunk_size
 
     @torch.inference_mode()
@@ -38,6 +36,5 @@ class VideoGenerator:
         report = on_progress or (lambda _p: None)
         if self.placement.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.placement.device)
-        raise_injected_oom(params, self.inject_oom_above)
         memory = replace(memory, decode_chunk_size=1 if memory.vae_slicing else self.decode_chunk_size)
         return self.backend.generate(self.pipe, image, params, report, memory)

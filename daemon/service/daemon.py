@@ -61,7 +61,6 @@ def load_generator(settings: Settings, placement: Placement, model: ServedModel)
              device=str(placement.device), dtype=str(placement.dtype).removeprefix("torch."))
     started = time.monotonic()
     generator = VideoGenerator(backend.load(source, placement), placement, backend=backend,
-                               inject_oom_above=settings.fault_oom_above,
                                decode_chunk_size=settings.decode_chunk_size)
     revision = None if model.source.tiny or Path(source).is_dir() else cached_revision(source)
     log.info("model_loaded", model=model.name, seconds=round(time.monotonic() - started, 2))
@@ -202,10 +201,11 @@ class Daemon:
         intake.scan()
         worker = worker_thread = registry = None
         if pool is not None:
+            from daemon.worker.faults import Faults
             from daemon.worker.runner import Worker
 
             registry = WorkerRegistry(sessions, this_process(), s.lease_seconds)
-            worker = Worker(s, queue, pool, registry.register(pool.device, catalog.names))
+            worker = Worker(s, queue, pool, registry.register(pool.device, catalog.names), Faults.from_settings(s))
             registry.start()
             worker_thread = threading.Thread(target=self._run_worker, args=(worker,), name="worker", daemon=True)
             worker_thread.start()

@@ -1,0 +1,74 @@
+"""How an attempt that did not succeed ends: a failure classified (retried, or failed at once with its
+code), an interruption (requeued), a cancellation."""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+
+from daemon.errors import InputRejected, LadderExhausted
+from daemon.jobs.queue import JobQueue
+from daemon.jobs.retry import RetryPolicy
+from daemon.logs import get_logger
+from pipeline.errors import EncodeError
+from pipeline.oom import peak_memory_bytes
+
+log = get_logger("i2vd.worker")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What a failed attempt means for its job: the error code it fails with, and whether to try again."""
+
+    code: str
+    retryable: bool
+
+
+def classify(exc: BaseException) -> Failure:
+    """The job's error code, and whether the retry policy may try again."""
+    if isinstance(exc, InputRejected):
+        return Failure(exc.code, False)
+    if isinstance(exc, LadderExhausted):
+        return Failure("out_of_memory", False)
+    if isinstance(exc, EncodeError):
+        return Failure("encode_error", True)
+    return Failure("generation_error", True)
+
+
+class Outcomes:
+    """Records the end of an attempt that did not succeed, and what becomes of its job."""
+
+    def __init__(self, queue: JobQueue, owner: str, retry_policy: RetryPolicy) -> None:
+        self.queue, self.owner, self.retry_policy = queue, owner, retry_policy
+
+    def failed(self, job_id: int, attempt, exc: Exception) -> None:
+        failure = classify(exc)
+        message = f"{type(exc).__name__}: {exc}"
+        if attempt is not None:
+            self.queue.finish_attempt(attempt.id, "failed", error_type=type(exc).__name__,
+                                      error_message=str(exc), error_traceback=traceback.format_exc(),
+                                      peak_gpu_memory_bytes=peak_memory_bytes())
+        if failure.retryable:
+            earlier = sum(1 for a in self.queue.get(job_id).attempts
+                          if a.outcome == "failed" and (attempt is None or a.id != attempt.id))
+            decision = self.retry_policy.decide(exc, earlier)
+            if decision.retry:
+                self.queue.schedule_retry(job_id, self.owner, decision.delay_seconds, message)
+                log.warning("job_retry_scheduled", job_id=job_id, error=message,
+                            delay_seconds=decision.delay_seconds)
+                return
+        self.queue.fail(job_id, failure.code, message, owner=self.owner)
+        log.error("job_failed", job_id=job_id, error_code=failure.code, error=message,
+                  retryable=failure.retryable)
+
+    def interrupted(self, job_id: int, attempt, *, cancelled: bool, lease_lost: bool) -> None:
+        if cancelled:
+            self.queue.finish_attempt(attempt.id, "cancelled", error_message="cancelled by request")
+            self.queue.mark_cancelled(job_id, self.owner)
+            log.info("job_cancelled", job_id=job_id)
+            return
+        self.queue.finish_attempt(attempt.id, "interrupted", error_type="LeaseLost" if lease_lost else
+                                  "GenerationInterrupted",
+                                  error_message="lease lost" if lease_lost else "daemon stopping")
+        self.queue.requeue(job_id, self.owner, reason="lease_lost" if lease_lost else "daemon_stopping")
+        log.info("job_interrupted", job_id=job_id, lease_lost=lease_lost)

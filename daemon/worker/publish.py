@@ -1,0 +1,138 @@
+"""Publishing one output set: encode and verify the video, write poster and preview, then the metadata,
+all renamed into place under the job's lease."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from daemon import __version__, metrics
+from daemon.db.tables import Job
+from daemon.jobs.outputs import (
+    POSTER,
+    PREVIEW,
+    RAW_VIDEO,
+    VIDEO,
+    OutputName,
+    OutputPaths,
+    StagedOutputs,
+    discard_set,
+    finish_set,
+)
+from daemon.jobs.queue import JobQueue
+from daemon.logs import get_logger
+from daemon.settings import Settings
+from daemon.worker.faults import Faults
+from daemon.worker.lease import LeaseLost
+from daemon.worker.metadata import downgrade, job_metadata
+from pipeline.oom import Rung, peak_memory_bytes
+from pipeline.params import GenerationParams
+from pipeline.previews import write_poster, write_preview
+from pipeline.video import EncodedVideo, encode_mp4, plan_interpolation, video_tags
+
+log = get_logger("i2vd.worker")
+
+
+@dataclass(frozen=True, eq=False)
+class Generated:
+    """A finished generation, waiting to be published: its frames and everything its metadata records."""
+
+    job: Job
+    attempt: object  # the attempt row that made the frames
+    requested: GenerationParams
+    rung: Rung
+    downgraded: bool  # the OOM ladder went below the request
+    frames: np.ndarray
+    model: dict  # see metadata.model_metadata
+    started: float  # time.monotonic() when the job began
+    generated: float  # ... and when its frames were ready
+
+    @property
+    def nbytes(self) -> int:
+        return self.frames.nbytes
+
+
+class Publisher:
+    """Turns a `Generated` into a published, fsynced output set and a succeeded job."""
+
+    def __init__(self, settings: Settings, queue: JobQueue, owner: str, faults: Faults) -> None:
+        self.settings, self.queue, self.owner, self.faults = settings, queue, owner, faults
+
+    def publish(self, done: Generated) -> None:
+        """Raises LeaseLost when another worker took the job over before the set was recorded."""
+        job, attempt, rung = done.job, done.attempt, done.rung
+        self.queue.progress(job.id, "encoding_video", owner=self.owner)
+        if self._finish_earlier_set(job, attempt):
+            metrics.job_finished("succeeded", time.monotonic() - done.started)
+            return
+        params = rung.params
+        name = OutputName(self.settings.outputs_dir / job.output_subdir, self.settings.output_prefix,
+                          job.output_stem, job.created_at.astimezone())
+        with StagedOutputs(job.id, name) as staged:
+            video, extras = self._write_files(done, staged)
+            encoded = time.monotonic()
+            timings = {"generation_seconds": round(done.generated - done.started, 3),
+                       "encoding_seconds": round(encoded - done.generated, 3)}
+
+            def metadata(paths: OutputPaths) -> dict:
+                document = job_metadata(job, self.queue.get(job.id).attempts, attempt.id, params, paths.video,
+                                        done.frames.shape, done.model, timings)
+                document["downgrade"] = downgrade(done.requested, rung) if done.downgraded else None
+                document.update(frames=video.info.frames, fps=video.interpolation.fps,
+                                interpolation=video.interpolation.to_dict(),
+                                extras={kind: paths.path(suffix).name for kind, suffix in extras.items()})
+                return document
+
+            def record(paths: OutputPaths) -> bool:
+                return self.queue.set_outputs(job.id, str(paths.video), str(paths.metadata), self.owner)
+
+            paths = staged.publish(metadata, record, self.faults.before_commit(job.params.get("prompt")))
+        if paths is None:  # another worker took the job over meanwhile and makes its set
+            raise LeaseLost("the lease was lost before the video was published")
+        self.queue.finish_attempt(attempt.id, "succeeded", peak_gpu_memory_bytes=peak_memory_bytes())
+        timings = {**timings, "total_seconds": round(time.monotonic() - done.started, 3)}
+        if not self.queue.succeed(job.id, self.owner, rung=rung.name, timings=timings):
+            log.warning("job_success_not_recorded", job_id=job.id, reason="the lease was lost; recovery finishes it")
+            return
+        metrics.job_finished("succeeded", time.monotonic() - done.started)
+        log.info("job_succeeded", job_id=job.id, output=str(paths.video), rung=rung.name,
+                 seconds=round(time.monotonic() - done.started, 3))
+
+    def _write_files(self, done: Generated, staged: StagedOutputs) -> tuple[EncodedVideo, dict[str, str]]:
+        """The verified video and the extras the settings ask for, under the set's temporary names."""
+        job, params, frames = done.job, done.rung.params, done.frames
+
+        def tags(interpolate: int) -> dict[str, str]:
+            return video_tags(job.output_stem, params, model=done.model["id"], version=__version__,
+                              interpolation=plan_interpolation(len(frames), params.fps, interpolate))
+
+        video = encode_mp4(frames, staged.temp(VIDEO), params.fps, tags=tags(params.interpolate),
+                           interpolate=params.interpolate)
+        extras = {}
+        if params.interpolate > 1 and self.settings.keep_raw_video:
+            encode_mp4(frames, staged.temp(RAW_VIDEO), params.fps, tags=tags(1))
+            extras["raw_video"] = RAW_VIDEO
+        if self.settings.poster:
+            write_poster(frames, staged.temp(POSTER))
+            extras["poster"] = POSTER
+        if self.settings.preview:
+            write_preview(frames, staged.temp(PREVIEW), params.fps)
+            extras["preview"] = PREVIEW
+        return video, extras
+
+    def _finish_earlier_set(self, job: Job, attempt) -> bool:
+        """An earlier attempt recorded a set (then crashed or failed): finish it, or remove what it left."""
+        earlier = OutputPaths.recorded(job.output_path, job.metadata_path)
+        if earlier is None:
+            return False
+        if finish_set(job.id, earlier):
+            self.queue.finish_attempt(attempt.id, "succeeded",
+                                      error_message="an earlier attempt's output set was complete; kept it")
+            self.queue.succeed(job.id, self.owner, rung=attempt.rung)
+            log.info("job_succeeded", job_id=job.id, output=str(earlier.video), earlier_attempt=True)
+            return True
+        for path in discard_set(job.id, earlier):
+            log.info("output_discarded", job_id=job.id, path=str(path))
+        return False
