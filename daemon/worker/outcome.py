@@ -3,6 +3,7 @@ code), an interruption (requeued), a cancellation."""
 
 from __future__ import annotations
 
+import re
 import traceback
 from dataclasses import dataclass
 
@@ -10,10 +11,17 @@ from daemon.errors import InputRejected, LadderExhausted
 from daemon.jobs.queue import JobQueue
 from daemon.jobs.retry import RetryPolicy
 from daemon.logs import get_logger
-from pipeline.errors import EncodeError
+from pipeline.errors import PipelineError
 from pipeline.oom import peak_memory_bytes
 
 log = get_logger("i2vd.worker")
+
+# Torch's words for a tensor of the wrong shape or dtype: the same inputs fail the same way every time.
+_SHAPE_ERRORS = re.compile(r"shape '\[.*\]' is invalid for input of size|size mismatch|must match the size of "
+                           r"tensor|shapes cannot be multiplied|expected .*input.* to have .*channels|"
+                           r"sizes of tensors must match|the size of tensor a \(\d+\) must match", re.IGNORECASE)
+_DTYPE_ERRORS = re.compile(r"expected (scalar type|.*dtype)|should be the same|input type .* and weight type|"
+                           r"not implemented for '(half|bfloat16|float|double|long|int)'|same dtype", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -25,13 +33,17 @@ class Failure:
 
 
 def classify(exc: BaseException) -> Failure:
-    """The job's error code, and whether the retry policy may try again."""
+    """Decided on the first attempt: an error no retry can change fails the job at once."""
     if isinstance(exc, InputRejected):
         return Failure(exc.code, False)
     if isinstance(exc, LadderExhausted):
         return Failure("out_of_memory", False)
-    if isinstance(exc, EncodeError):
-        return Failure("encode_error", True)
+    if isinstance(exc, PipelineError):
+        return Failure(exc.code, exc.retryable)
+    if isinstance(exc, RuntimeError) and _SHAPE_ERRORS.search(str(exc)):
+        return Failure("unsupported_shape", False)
+    if isinstance(exc, (RuntimeError, TypeError)) and _DTYPE_ERRORS.search(str(exc)):
+        return Failure("dtype_mismatch", False)
     return Failure("generation_error", True)
 
 

@@ -100,6 +100,9 @@ class Worker:
                                                    rung.memory)
                 return Generated(job, attempt, requested, rung, bool(tried), frames, model_metadata(loaded),
                                  started, time.monotonic())
+            except ValueError as exc:  # the backend's own input checks (diffusers' check_inputs)
+                raise InputRejected("input_refused", f"The model refused the job's parameters: {exc}",
+                                    hint="Change the sidecar's fields; the same request fails the same way.") from exc
             except Exception as exc:
                 if not is_oom(exc):
                     raise
