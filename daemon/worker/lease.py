@@ -1,8 +1,15 @@
-"""A running job's lease: the heartbeat that renews it, and the flags that stop the job at its next step."""
+"""A running job's lease: the heartbeat that renews it, the flags that stop the job at its next step, and
+the job's writes that wait for an absent database while the lease lasts."""
 
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from daemon.errors import I2vdError
 from daemon.jobs.queue import JobQueue
@@ -10,6 +17,12 @@ from daemon.logs import get_logger
 from daemon.periodic import PeriodicTask
 
 log = get_logger("i2vd.worker")
+
+# The database is away (down, restarting, locked, read-only, pool exhausted): worth waiting for.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError)
+WAIT_FIRST, WAIT_CAP = 0.2, 2.0  # seconds between tries of a write while the database is away
+
+T = TypeVar("T")
 
 
 class LeaseLost(I2vdError):
@@ -47,6 +60,24 @@ class Heartbeat:
     def stop(self) -> None:
         self._task.stop()
 
+    def wait_for_database(self, write: Callable[[], T], what: str) -> T:
+        """`write`, tried again while the database is away, until it goes through or the lease is lost.
+
+        A job that finished generating during an outage is thus published once, without re-running;
+        once renewals have failed for a whole lease (another worker may take the job) it raises LeaseLost.
+        """
+        delay = WAIT_FIRST
+        while True:
+            try:
+                return write()
+            except DATABASE_UNAVAILABLE as exc:
+                if self.lost.is_set():
+                    raise LeaseLost(f"the database stayed away for a whole lease ({what})") from exc
+                log.warning("database_wait", job_id=self.job_id, write=what, retry_in=delay,
+                            error=first_line(exc))
+            time.sleep(delay)
+            delay = min(delay * 2, WAIT_CAP)
+
     def _renew(self) -> bool:
         if self.queue.heartbeat(self.job_id, self.owner, self.lease_seconds):
             return True
@@ -58,3 +89,8 @@ class Heartbeat:
         log.warning("lease_lost", job_id=self.job_id, reason="no renewal for a whole lease")
         self.lost.set()
         return False
+
+
+def first_line(exc: BaseException) -> str:
+    """The driver's own message, first line, for a log line."""
+    return (str(getattr(exc, "orig", None) or exc).splitlines() or ["?"])[0][:200]

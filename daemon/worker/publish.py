@@ -25,9 +25,10 @@ from daemon.jobs.queue import JobQueue
 from daemon.logs import get_logger
 from daemon.settings import Settings
 from daemon.worker.faults import Faults
-from daemon.worker.lease import LeaseLost
+from daemon.worker.lease import DATABASE_UNAVAILABLE, Heartbeat, LeaseLost, first_line
 from daemon.worker.metadata import downgrade, job_metadata
-from pipeline.oom import Rung, peak_memory_bytes
+from daemon.worker.outcome import Outcomes
+from pipeline.oom import Rung
 from pipeline.params import GenerationParams
 from pipeline.previews import write_poster, write_preview
 from pipeline.video import EncodedVideo, encode_mp4, plan_interpolation, video_tags
@@ -48,6 +49,8 @@ class Generated:
     model: dict  # see metadata.model_metadata
     started: float  # time.monotonic() when the job began
     generated: float  # ... and when its frames were ready
+    peak_gpu_memory_bytes: int | None  # of the generation, before the next job resets it
+    lease: Heartbeat  # still renewed: the job is ours until its set is published
 
     @property
     def nbytes(self) -> int:
@@ -57,14 +60,34 @@ class Generated:
 class Publisher:
     """Turns a `Generated` into a published, fsynced output set and a succeeded job."""
 
-    def __init__(self, settings: Settings, queue: JobQueue, owner: str, faults: Faults) -> None:
-        self.settings, self.queue, self.owner, self.faults = settings, queue, owner, faults
+    def __init__(self, settings: Settings, queue: JobQueue, owner: str, faults: Faults,
+                 outcomes: Outcomes) -> None:
+        self.settings, self.queue, self.owner, self.faults, self.outcomes = settings, queue, owner, faults, outcomes
+
+    def run(self, done: Generated) -> None:
+        """Publish the set and record how that ended; the job's lease is let go only then."""
+        job_id, attempt, lease = done.job.id, done.attempt, done.lease
+        try:
+            self.publish(done)
+        except LeaseLost:
+            lease.wait_for_database(lambda: self.outcomes.interrupted(job_id, attempt, cancelled=False,
+                                                                      lease_lost=True), "interrupted")
+            metrics.job_finished("interrupted", time.monotonic() - done.started)
+        except Exception as exc:  # an encode error, a full disk: failed or retried like any failure
+            lease.wait_for_database(lambda e=exc: self.outcomes.failed(job_id, attempt, e), "failed")
+            metrics.job_finished("failed", time.monotonic() - done.started)
+        finally:
+            done.lease.stop()
 
     def publish(self, done: Generated) -> None:
         """Raises LeaseLost when another worker took the job over before the set was recorded."""
-        job, attempt, rung = done.job, done.attempt, done.rung
-        self.queue.progress(job.id, "encoding_video", owner=self.owner)
-        if self._finish_earlier_set(job, attempt):
+        job, attempt, rung, lease = done.job, done.attempt, done.rung, done.lease
+        try:
+            self.queue.progress(job.id, "encoding_video", owner=self.owner)
+        except DATABASE_UNAVAILABLE as exc:  # progress is best effort
+            log.warning("progress_not_recorded", job_id=job.id, error=first_line(exc))
+        self.faults.before_publish()
+        if lease.wait_for_database(lambda: self._finish_earlier_set(job, attempt), "finish_earlier_set"):
             metrics.job_finished("succeeded", time.monotonic() - done.started)
             return
         params = rung.params
@@ -77,8 +100,9 @@ class Publisher:
                        "encoding_seconds": round(encoded - done.generated, 3)}
 
             def metadata(paths: OutputPaths) -> dict:
-                document = job_metadata(job, self.queue.get(job.id).attempts, attempt.id, params, paths.video,
-                                        done.frames.shape, done.model, timings)
+                attempts = lease.wait_for_database(lambda: self.queue.get(job.id).attempts, "read_attempts")
+                document = job_metadata(job, attempts, attempt.id, params, paths.video, done.frames.shape,
+                                        done.model, timings)
                 document["downgrade"] = downgrade(done.requested, rung) if done.downgraded else None
                 document.update(frames=video.info.frames, fps=video.interpolation.fps,
                                 interpolation=video.interpolation.to_dict(),
@@ -86,14 +110,17 @@ class Publisher:
                 return document
 
             def record(paths: OutputPaths) -> bool:
-                return self.queue.set_outputs(job.id, str(paths.video), str(paths.metadata), self.owner)
+                return lease.wait_for_database(lambda: self.queue.set_outputs(
+                    job.id, str(paths.video), str(paths.metadata), self.owner), "set_outputs")
 
             paths = staged.publish(metadata, record, self.faults.before_commit(job.params.get("prompt")))
         if paths is None:  # another worker took the job over meanwhile and makes its set
             raise LeaseLost("the lease was lost before the video was published")
-        self.queue.finish_attempt(attempt.id, "succeeded", peak_gpu_memory_bytes=peak_memory_bytes())
+        lease.wait_for_database(lambda: self.queue.finish_attempt(
+            attempt.id, "succeeded", peak_gpu_memory_bytes=done.peak_gpu_memory_bytes), "finish_attempt")
         timings = {**timings, "total_seconds": round(time.monotonic() - done.started, 3)}
-        if not self.queue.succeed(job.id, self.owner, rung=rung.name, timings=timings):
+        if not lease.wait_for_database(lambda: self.queue.succeed(job.id, self.owner, rung=rung.name, timings=timings),
+                                       "succeed"):
             log.warning("job_success_not_recorded", job_id=job.id, reason="the lease was lost; recovery finishes it")
             return
         metrics.job_finished("succeeded", time.monotonic() - done.started)

@@ -1,9 +1,12 @@
-"""The worker: claims one job at a time, walks the OOM ladder on the warm pipeline, hands the frames on."""
+"""The worker: claims one job at a time, walks the OOM ladder on the warm pipeline, hands the frames on
+to be published (in the publisher thread, while the next job generates)."""
 
 from __future__ import annotations
 
 import threading
 import time
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 from daemon import metrics
@@ -16,7 +19,8 @@ from daemon.logs import get_logger
 from daemon.models.pool import ModelPool
 from daemon.settings import Settings
 from daemon.worker.faults import NO_FAULTS, Faults
-from daemon.worker.lease import Heartbeat, LeaseLost, StopFlags
+from daemon.worker.handoff import PublishStage
+from daemon.worker.lease import DATABASE_UNAVAILABLE, Heartbeat, StopFlags, first_line
 from daemon.worker.metadata import model_metadata
 from daemon.worker.outcome import Outcomes
 from daemon.worker.publish import Generated, Publisher
@@ -42,54 +46,70 @@ class Worker:
         self.owner = worker_identity()
         self.worker_id = worker_id  # this process's row in the worker registry
         self.outcomes = Outcomes(queue, self.owner, RetryPolicy(settings.max_retries, settings.retry_backoff_seconds))
-        self.publisher = Publisher(settings, queue, self.owner, faults)
+        self.publisher = Publisher(settings, queue, self.owner, faults, self.outcomes)
         self.interrupt = threading.Event()  # stop the running job at its next step
         self.current_job: int | None = None
         self.current_attempt = None  # the running try's attempt row; None between OOM rungs
         self.current_progress: Progress | None = None
 
     def run(self, stop: threading.Event, wake: threading.Event) -> None:
-        """Take jobs until `stop` is set; `wake` cuts the idle wait short."""
-        while not stop.is_set():
-            try:
-                job = self.queue.claim(self.owner, self.settings.lease_seconds, self.models.catalog.names,
-                                       self.models.resident)
-                if job is not None:
-                    self.execute(job)
-                    continue
-            except Exception:  # a database hiccup must not end the worker thread
-                log.exception("worker_error")
-            wake.wait(self.settings.worker_poll_seconds)
-            wake.clear()
+        """Take jobs until `stop` is set; `wake` cuts the idle wait short. Returns once all is published."""
+        backlog = self.settings.publish_backlog
+        with PublishStage(self.publisher, backlog) if backlog else nullcontext() as stage:
+            while not stop.is_set():
+                try:
+                    job = self.queue.claim(self.owner, self.settings.lease_seconds, self.models.catalog.names,
+                                           self.models.resident)
+                    if job is not None:
+                        self.execute(job, stage)
+                        continue
+                except Exception:  # a database hiccup must not end the worker thread
+                    log.exception("worker_error")
+                wake.wait(self.settings.worker_poll_seconds)
+                wake.clear()
 
-    def execute(self, job: Job) -> None:
-        """Generate the job's frames and publish them, holding its lease throughout."""
+    def execute(self, job: Job, stage: PublishStage | None = None) -> None:
+        """Generate the job's frames, then publish them here or hand them to `stage`.
+
+        The job's lease is renewed from the claim until its set is published, wherever that happens.
+        """
         self.current_job = job.id
         heartbeat = Heartbeat(self.queue, job.id, self.owner, self.settings.lease_seconds)
         heartbeat.start()
         stop = StopFlags(self.interrupt, heartbeat.lost)
         started = time.monotonic()
+        done = None
         try:
-            self.publisher.publish(self._generate(job, stop, started))
-        except (GenerationInterrupted, LeaseLost) as exc:
-            lease_lost = isinstance(exc, LeaseLost) or heartbeat.lost.is_set()
-            self.outcomes.interrupted(job.id, self.current_attempt, cancelled=stop.cancelled, lease_lost=lease_lost)
+            done = self._generate(job, stop, started, heartbeat)
+        except GenerationInterrupted:
+            attempt, lost = self.current_attempt, heartbeat.lost.is_set()
+            heartbeat.wait_for_database(lambda: self.outcomes.interrupted(
+                job.id, attempt, cancelled=stop.cancelled, lease_lost=lost), "interrupted")
             metrics.job_finished("cancelled" if stop.cancelled else "interrupted", time.monotonic() - started)
         except Exception as exc:
-            self.outcomes.failed(job.id, self.current_attempt, exc)
+            attempt = self.current_attempt
+            heartbeat.wait_for_database(lambda e=exc: self.outcomes.failed(job.id, attempt, e), "failed")
             metrics.job_finished("failed", time.monotonic() - started)
         finally:
-            heartbeat.stop()
+            if done is None:
+                heartbeat.stop()
             self.current_job = self.current_attempt = self.current_progress = None
+        if done is not None:
+            if stage is None:
+                self.publisher.run(done)
+            else:
+                stage.submit(done)
 
-    def _generate(self, job: Job, stop: StopFlags, started: float) -> Generated:
+    def _generate(self, job: Job, stop: StopFlags, started: float, lease: Heartbeat) -> Generated:
         """The frames, down the OOM ladder as far as needed."""
         requested = GenerationParams.from_dict(job.params)
         loaded = self.models.get(job.model or self.models.catalog.default.name)
         image = self._load_image(job)
         tried: list[Rung] = []
         for rung in OomLadder(loaded.generator.backend.rules, self.settings.oom_ladder).walk(requested):
-            attempt = self.queue.start_attempt(job.id, self.owner, rung.params.to_dict(), rung.name, self.worker_id)
+            attempt = lease.wait_for_database(partial(self.queue.start_attempt, job.id, self.owner,
+                                                      rung.params.to_dict(), rung.name, self.worker_id),
+                                              "start_attempt")
             self.current_attempt = attempt
             log.info("job_started", job_id=job.id, attempt=attempt.number, rung=rung.name,
                      width=rung.params.width, height=rung.params.height,
@@ -98,16 +118,19 @@ class Worker:
                 self.faults.before_generate(rung.params)
                 frames = loaded.generator.generate(image, rung.params, self._progress_writer(job, stop),
                                                    rung.memory)
+                log.info("job_generated", job_id=job.id, attempt=attempt.number,
+                         seconds=round(time.monotonic() - started, 3))
                 return Generated(job, attempt, requested, rung, bool(tried), frames, model_metadata(loaded),
-                                 started, time.monotonic())
+                                 started, time.monotonic(), peak_memory_bytes(), lease)
             except ValueError as exc:  # the backend's own input checks (diffusers' check_inputs)
                 raise InputRejected("input_refused", f"The model refused the job's parameters: {exc}",
                                     hint="Change the sidecar's fields; the same request fails the same way.") from exc
             except Exception as exc:
                 if not is_oom(exc):
                     raise
-                self.queue.finish_attempt(attempt.id, "oom", error_type=type(exc).__name__,
-                                          error_message=str(exc), peak_gpu_memory_bytes=peak_memory_bytes())
+                lease.wait_for_database(partial(self.queue.finish_attempt, attempt.id, "oom",
+                                                error_type=type(exc).__name__, error_message=str(exc),
+                                                peak_gpu_memory_bytes=peak_memory_bytes()), "finish_attempt")
                 log.warning("job_oom", job_id=job.id, attempt=attempt.number, rung=rung.name)
                 metrics.oom_downgrades.inc()
                 tried.append(rung)
@@ -123,7 +146,8 @@ class Worker:
         return load_rgb(path)
 
     def _progress_writer(self, job: Job, stop: StopFlags):
-        last = {"phase": None, "at": 0.0}
+        """Progress rows are best effort: while the database is away the job goes on, unrecorded."""
+        last = {"phase": None, "at": 0.0, "recorded": True}
         prompt = job.params.get("prompt")
 
         def on_progress(progress: Progress) -> None:
@@ -133,8 +157,14 @@ class Worker:
             now = time.monotonic()
             if progress.phase != last["phase"] or now - last["at"] >= PROGRESS_WRITE_INTERVAL \
                     or progress.step == progress.total:
-                if self.queue.progress(job.id, progress.phase, progress.step, progress.total, owner=self.owner):
-                    stop.cancelled = True
+                try:
+                    if self.queue.progress(job.id, progress.phase, progress.step, progress.total, owner=self.owner):
+                        stop.cancelled = True
+                    last["recorded"] = True
+                except DATABASE_UNAVAILABLE as exc:
+                    if last["recorded"]:  # once per outage
+                        log.warning("progress_not_recorded", job_id=job.id, error=first_line(exc))
+                    last["recorded"] = False
                 last["phase"], last["at"] = progress.phase, now
             if stop.should_stop:
                 raise GenerationInterrupted()

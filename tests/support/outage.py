@@ -48,3 +48,19 @@ def outage(url: str) -> Iterator[None]:
             yield
         finally:
             conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(database)))
+
+
+@contextmanager
+def server_stopped(cluster: str = "15 main") -> Iterator[None]:
+    """The whole local PostgreSQL server stopped (fast shutdown: sessions cut) while inside; started after.
+
+    It stops the server every test shares: keep the time inside short.
+    """
+    import subprocess
+
+    command = ["pg_ctlcluster", "--skip-systemctl-redirect", *cluster.split()]
+    subprocess.run([*command, "stop", "-m", "fast"], check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run([*command, "start"], check=True, capture_output=True)
