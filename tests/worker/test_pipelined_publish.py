@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 
+import pytest
 from support.daemons import daemon_env, make_queue, make_settings, wait_for
 from support.files import drop_pair
 from daemon.db.tables import JobState
@@ -21,13 +22,14 @@ def held_in_publish(dirs, run_daemon, **env):
     daemon.wait_ready(timeout=240)
     queue = make_queue(make_settings(dirs))
     first = wait_for(lambda: next((j for j in queue.recent() if j.output_stem == "first"
-                                   and j.phase == "encoding_video"), None), what="first job publishing")
+                                   and j.phase == "encoding_video"), None), timeout=600, what="first job publishing")
     second = wait_for(lambda: next((j for j in queue.recent() if j.output_stem == "second"
                                     and j.phase == "denoising" and (j.progress_step or 0) >= 2), None),
-                      what="second job generating while the first publishes")
+                      timeout=600, what="second job generating while the first publishes")
     return daemon, queue, first, second, release
 
 
+@pytest.mark.timeout(1500)  # three jobs on two shared cores
 def test_the_next_job_generates_while_one_publishes_and_stop_drains_both(dirs, run_daemon):
     daemon, queue, first, second, release = held_in_publish(dirs, run_daemon, I2VD_STOP_GRACE_SECONDS="300")
     assert queue.get(first.id).state == JobState.RUNNING and not list(dirs["outputs"].glob("*.mp4"))
@@ -44,6 +46,7 @@ def test_the_next_job_generates_while_one_publishes_and_stop_drains_both(dirs, r
     assert sorted(p.name.split("_")[0] for p in dirs["outputs"].glob("*.mp4")) == ["first", "second"]
 
 
+@pytest.mark.timeout(1500)
 def test_kill_9_with_one_job_generating_and_one_publishing_loses_neither(dirs, run_daemon):
     daemon, queue, first, second, _release = held_in_publish(dirs, run_daemon)
     daemon.proc.send_signal(signal.SIGKILL)
@@ -52,7 +55,8 @@ def test_kill_9_with_one_job_generating_and_one_publishing_loses_neither(dirs, r
     restarted = run_daemon(daemon_env(dirs))
     restarted.wait_ready(timeout=240)
     for job_id in (first.id, second.id):
-        wait_for(lambda j=job_id: queue.get(j).state == JobState.SUCCEEDED, what=f"job {job_id} after the restart")
+        wait_for(lambda j=job_id: queue.get(j).state == JobState.SUCCEEDED, timeout=900,
+                 what=f"job {job_id} after the restart")
     assert restarted.stop() == 0
     for job_id in (first.id, second.id):
         assert [a.outcome for a in queue.get(job_id).attempts] == ["crashed", "succeeded"]
