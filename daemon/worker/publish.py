@@ -82,6 +82,7 @@ class Publisher:
     def publish(self, done: Generated) -> None:
         """Raises LeaseLost when another worker took the job over before the set was recorded."""
         job, attempt, rung, lease = done.job, done.attempt, done.rung, done.lease
+        publishing = time.monotonic()  # later than `done.generated` when it waited for the publisher
         try:
             self.queue.progress(job.id, "encoding_video", owner=self.owner)
         except DATABASE_UNAVAILABLE as exc:  # progress is best effort
@@ -97,7 +98,7 @@ class Publisher:
             video, extras = self._write_files(done, staged)
             encoded = time.monotonic()
             timings = {"generation_seconds": round(done.generated - done.started, 3),
-                       "encoding_seconds": round(encoded - done.generated, 3)}
+                       "encoding_seconds": round(encoded - publishing, 3)}
 
             def metadata(paths: OutputPaths) -> dict:
                 attempts = lease.wait_for_database(lambda: self.queue.get(job.id).attempts, "read_attempts")
