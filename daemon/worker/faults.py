@@ -42,7 +42,7 @@ class Faults:
             raise torch.OutOfMemoryError(f"CUDA out of memory (injected: {params.width}x{params.height}x"
                                          f"{params.num_frames} > {self.oom_above})")
 
-    def at_step(self, prompt: str | None, step: int) -> None:
+    def at_step(self, prompt: str | None, step: int | None) -> None:
         if self.crash_prompt and self.crash_prompt in (prompt or "") and step == CRASH_AT_STEP:
             _kill_self()
 

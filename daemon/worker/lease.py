@@ -1,5 +1,4 @@
-"""A running job's lease: the heartbeat that renews it, the flags that stop the job at its next step, and
-the job's writes that wait for an absent database while the lease lasts."""
+"""A running job's lease: its heartbeat, its stop flags, and writes that wait out a database outage."""
 
 from __future__ import annotations
 

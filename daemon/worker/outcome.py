@@ -1,5 +1,4 @@
-"""How an attempt that did not succeed ends: a failure classified (retried, or failed at once with its
-code), an interruption (requeued), a cancellation."""
+"""How an attempt that did not succeed ends: failed (classified: retried or not), interrupted, cancelled."""
 
 from __future__ import annotations
 
@@ -61,8 +60,9 @@ class Outcomes:
                                       error_message=str(exc), error_traceback=traceback.format_exc(),
                                       peak_gpu_memory_bytes=peak_memory_bytes())
         if failure.retryable:
-            earlier = sum(1 for a in self.queue.get(job_id).attempts
-                          if a.outcome == "failed" and (attempt is None or a.id != attempt.id))
+            job = self.queue.get(job_id)
+            earlier = len([a for a in (job.attempts if job else [])
+                           if a.outcome == "failed" and (attempt is None or a.id != attempt.id)])
             decision = self.retry_policy.decide(exc, earlier)
             if decision.retry:
                 self.queue.schedule_retry(job_id, self.owner, decision.delay_seconds, message)

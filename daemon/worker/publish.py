@@ -1,15 +1,15 @@
-"""Publishing one output set: encode and verify the video, write poster and preview, then the metadata,
-all renamed into place under the job's lease."""
+"""Publishing one job's output set: video (encoded, verified), poster, preview and metadata, in place."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from daemon import __version__, metrics
-from daemon.db.tables import Job
+from daemon.db.tables import Attempt, Job
 from daemon.jobs.outputs import (
     POSTER,
     PREVIEW,
@@ -41,7 +41,7 @@ class Generated:
     """A finished generation, waiting to be published: its frames and everything its metadata records."""
 
     job: Job
-    attempt: object  # the attempt row that made the frames
+    attempt: Attempt  # the row of the try that made the frames
     requested: GenerationParams
     rung: Rung
     downgraded: bool  # the OOM ladder went below the request
@@ -74,7 +74,7 @@ class Publisher:
                                                                       lease_lost=True), "interrupted")
             metrics.job_finished("interrupted", time.monotonic() - done.started)
         except Exception as exc:  # an encode error, a full disk: failed or retried like any failure
-            lease.wait_for_database(lambda e=exc: self.outcomes.failed(job_id, attempt, e), "failed")
+            lease.wait_for_database(partial(self.outcomes.failed, job_id, attempt, exc), "failed")
             metrics.job_finished("failed", time.monotonic() - done.started)
         finally:
             done.lease.stop()
@@ -101,7 +101,7 @@ class Publisher:
                        "encoding_seconds": round(encoded - publishing, 3)}
 
             def metadata(paths: OutputPaths) -> dict:
-                attempts = lease.wait_for_database(lambda: self.queue.get(job.id).attempts, "read_attempts")
+                attempts = lease.wait_for_database(lambda: _attempts(self.queue, job.id), "read_attempts")
                 document = job_metadata(job, attempts, attempt.id, params, paths.video, done.frames.shape,
                                         done.model, timings)
                 document["downgrade"] = downgrade(done.requested, rung) if done.downgraded else None
@@ -164,3 +164,8 @@ class Publisher:
         for path in discard_set(job.id, earlier):
             log.info("output_discarded", job_id=job.id, path=str(path))
         return False
+
+
+def _attempts(queue: JobQueue, job_id: int) -> list[Attempt]:
+    job = queue.get(job_id)
+    return job.attempts if job else []

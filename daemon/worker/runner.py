@@ -1,5 +1,4 @@
-"""The worker: claims one job at a time, walks the OOM ladder on the warm pipeline, hands the frames on
-to be published (in the publisher thread, while the next job generates)."""
+"""The worker: claims one job at a time, generates it down the OOM ladder, hands the frames on to publish."""
 
 from __future__ import annotations
 
@@ -8,9 +7,10 @@ import time
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from daemon import metrics
-from daemon.db.tables import Job
+from daemon.db.tables import Attempt, Job
 from daemon.errors import InputRejected, LadderExhausted
 from daemon.intake.images import load_rgb
 from daemon.jobs.queue import JobQueue, worker_identity
@@ -49,7 +49,7 @@ class Worker:
         self.publisher = Publisher(settings, queue, self.owner, faults, self.outcomes)
         self.interrupt = threading.Event()  # stop the running job at its next step
         self.current_job: int | None = None
-        self.current_attempt = None  # the running try's attempt row; None between OOM rungs
+        self.current_attempt: Attempt | None = None  # the running try's attempt row; None between OOM rungs
         self.current_progress: Progress | None = None
 
     def run(self, stop: threading.Event, wake: threading.Event) -> None:
@@ -88,7 +88,7 @@ class Worker:
             metrics.job_finished("cancelled" if stop.cancelled else "interrupted", time.monotonic() - started)
         except Exception as exc:
             attempt = self.current_attempt
-            heartbeat.wait_for_database(lambda e=exc: self.outcomes.failed(job.id, attempt, e), "failed")
+            heartbeat.wait_for_database(partial(self.outcomes.failed, job.id, attempt, exc), "failed")
             metrics.job_finished("failed", time.monotonic() - started)
         finally:
             if done is None:
@@ -147,7 +147,7 @@ class Worker:
 
     def _progress_writer(self, job: Job, stop: StopFlags):
         """Progress rows are best effort: while the database is away the job goes on, unrecorded."""
-        last = {"phase": None, "at": 0.0, "recorded": True}
+        last: dict[str, Any] = {"phase": None, "at": 0.0, "recorded": True}
         prompt = job.params.get("prompt")
 
         def on_progress(progress: Progress) -> None:
