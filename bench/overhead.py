@@ -28,7 +28,7 @@ thread than from another thread, an effect of where they run, not of the daemon
 OpenMP threads spin-wait for each other whenever another process takes a core, which on a shared
 machine moves a run's time by +-10 % or more, as much as the overhead being measured.
 
-    .venv/bin/python -m bench.overhead            # prints (b)/(a) last; target <= 1.05
+    .venv/bin/python -m bench.overhead            # prints (b)/(a) last; target <= 1.0
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ import numpy as np
 
 from bench.harness import REPO, Daemon, Scratch, event_time, footer, header, tiny_model, write_image
 
-TARGET = 1.05
+TARGET = 1.0  # issue 21: with publishing overlapped, no slower than a plain script
 
 
 def job_specs(args) -> list[dict]:
