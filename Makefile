@@ -1,10 +1,10 @@
-# The two set-up commands (see README.md): `make demo` and `make test`.
+# The set-up commands (see README.md): `make demo` and `make test`; `make bench` for the benchmarks.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION := 2.13.0
 
-.PHONY: demo test install clean constraints gpu-bench
+.PHONY: demo test install clean constraints bench gpu-bench
 
 # Made only when missing: `python -m venv` on an existing venv would turn off the
 # --system-site-packages that README tells GPU users to create it with (hiding the host's CUDA torch).
@@ -40,6 +40,17 @@ test: $(VENV)/.test-tools
 BENCH_PYTHON ?= $(BIN)/python
 gpu-bench:
 	$(BENCH_PYTHON) -m bench.gpu --all --record bench/RESULTS.md
+
+# The CPU benchmarks (README's "Performance"), one after another; each prints its figure last.
+# throughput.py needs the PostgreSQL server; bench.gpu needs CUDA and is left out.
+bench: $(BIN)/i2vd
+	$(BIN)/python -m bench.overhead
+	$(BIN)/python -m bench.back_to_back
+	$(BIN)/python -m bench.intake_rate
+	$(BIN)/python -m bench.idle
+	$(BIN)/python -m bench.pickup
+	$(BIN)/python -m bench.tiny_models
+	$(BIN)/python bench/throughput.py
 
 # After the tests pass with new versions: record them. torch and what only torch needs stay the host's.
 constraints: $(VENV)/.test-tools

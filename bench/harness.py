@@ -78,7 +78,8 @@ class Daemon:
         extra_env = env or {}
         env = {k: v for k, v in os.environ.items() if not k.startswith("I2VD_")}
         env.update({"I2VD_INBOX_DIR": str(scratch.inbox), "I2VD_OUTPUTS_DIR": str(scratch.outputs),
-                    "I2VD_STATE_DIR": str(scratch.state), "I2VD_MODEL": "tiny", "HF_HUB_OFFLINE": "1"})
+                    "I2VD_STATE_DIR": str(scratch.state), "I2VD_MODEL": "tiny", "HF_HUB_OFFLINE": "1",
+                    "I2VD_METRICS_ADDRESS": "127.0.0.1:0"})  # any free port: never another daemon's
         env.update({f"I2VD_{key.upper()}": str(value) for key, value in settings.items()})
         env.update(extra_env)
         code = ["-c", PARKED_WORKER] if parked_worker else ["-m", "daemon.cli"]

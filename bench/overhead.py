@@ -2,17 +2,19 @@
 
 (a) bare: a fresh process loads the tiny model with `I2VGenXLPipeline.from_pretrained`, then runs
     the jobs one after another: open the image, CLIP prompt embeddings, `pipe(...)`, uint8 frames,
-    MP4. Timed from the first job's start to the last MP4 written; loading is not counted.
+    then the same files the daemon writes: MP4, poster, preview and a metadata JSON. Timed from the
+    first job's start to the last file written; loading is not counted.
 (b) daemon: `i2vd run` (inotify, a short settle window) is started and waits, ready and idle. All
     pairs are dropped at once: each file is written in a staging folder, then renamed into the
     inbox, image before sidecar. Timed from the last sidecar's rename (its last byte is in the
-    inbox) to the last MP4 renamed into place (the MP4's ctime); the settle window counts.
+    inbox) to the last metadata JSON renamed into place (it comes last in each set); the settle
+    window counts. The daemon publishes a job while it generates the next (`publish_backlog`).
 
 Both processes load the model before their clock starts and neither warms it up. Each job seeds
 torch (the job's generator and the global one, as the daemon does). The prompt embeddings come
 from `pipeline.backends.i2vgen_xl.encode_prompt` in both (the pipeline's own path is broken by
-transformers >= 5.6, see README) and the MP4s from `pipeline.video.encode_mp4`; the MP4s of (a)
-and (b) are compared byte for byte, so both did the same work.
+transformers >= 5.6, see README) and the MP4s from `pipeline.video.encode_mp4` with the daemon's
+tags; the MP4s of (a) and (b) are compared byte for byte, so both did the same work.
 
 Each round runs (a), then (b), then (a) again, and divides (b) by the mean of the two (a) runs: this
 shared 2-core VM drifts in speed by 10-15 % over minutes (one bare run took 28.9 s, the same run
@@ -26,7 +28,7 @@ thread than from another thread, an effect of where they run, not of the daemon
 OpenMP threads spin-wait for each other whenever another process takes a core, which on a shared
 machine moves a run's time by +-10 % or more, as much as the overhead being measured.
 
-    .venv/bin/python -m bench.overhead            # prints (b)/(a) last; target <= 1.05
+    .venv/bin/python -m bench.overhead            # prints (b)/(a) last; target <= 1.0
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ import numpy as np
 
 from bench.harness import REPO, Daemon, Scratch, event_time, footer, header, tiny_model, write_image
 
-TARGET = 1.05
+TARGET = 1.0  # issue 21: with publishing overlapped, no slower than a plain script
 
 
 def job_specs(args) -> list[dict]:
@@ -63,9 +65,12 @@ def run_bare(spec_file: Path, main_thread: bool) -> None:
     import torch
     from diffusers import I2VGenXLPipeline
 
+    from daemon import __version__
     from pipeline.backends.i2vgen_xl import encode_prompt
+    from pipeline.params import GenerationParams
+    from pipeline.previews import write_poster, write_preview
     from pipeline.runtime import quiet_libraries
-    from pipeline.video import encode_mp4
+    from pipeline.video import encode_mp4, video_tags
 
     quiet_libraries()
     pipe = I2VGenXLPipeline.from_pretrained(spec["model"], torch_dtype=torch.float32)
@@ -91,7 +96,12 @@ def run_bare(spec_file: Path, main_thread: bool) -> None:
                 output_type="np",
             )
             frames = (np.asarray(result.frames[0]) * 255).round().clip(0, 255).astype(np.uint8)
-            encode_mp4(frames, out / f"{job['name']}.mp4", p["fps"])
+            # The daemon's tags (title, prompt, the parameters as JSON), so the two MP4s can be compared.
+            tags = video_tags(job["name"], GenerationParams(**p), model="tiny", version=__version__)
+            encode_mp4(frames, out / f"{job['name']}.mp4", p["fps"], tags=tags)
+            write_poster(frames, out / f"{job['name']}.jpg")
+            write_preview(frames, out / f"{job['name']}.preview.webp", p["fps"])
+            (out / f"{job['name']}.json").write_text(json.dumps({"params": p, "frames": len(frames)}))
             per_job.append(time.perf_counter() - job_started)
 
     started = time.perf_counter()
@@ -132,14 +142,15 @@ def through_daemon(scratch: Scratch, jobs: list[dict], settle: float, env: dict[
                 os.rename(scratch.staging / f"{job['name']}{suffix}", scratch.inbox / f"{job['name']}{suffix}")
         dropped = time.time()
         deadline = time.monotonic() + 60 + 30 * len(jobs)
-        while len(videos := list(scratch.outputs.glob("*.mp4"))) < len(jobs):
+        while len(documents := _visible(scratch.outputs, "*.json")) < len(jobs):
             if daemon.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the daemon did not publish every video")
             time.sleep(0.05)
-        published = max(v.stat().st_ctime for v in videos)
+        published = max(d.stat().st_ctime for d in documents)
+        videos = _visible(scratch.outputs, "*.mp4")
         queued = [event_time(e) for e in daemon.events("job_queued")]
         started = [event_time(e) for e in daemon.events("job_started")]
-        succeeded = [event_time(e) for e in daemon.events("job_succeeded")]
+        generated = [event_time(e) for e in daemon.events("job_generated")]
     timings = [json.loads(v.with_suffix(".json").read_text())["timings"] for v in videos]
     busy = sum(t["generation_seconds"] + t["encoding_seconds"] for t in timings)
     return {
@@ -147,9 +158,14 @@ def through_daemon(scratch: Scratch, jobs: list[dict], settle: float, env: dict[
         "last_queued": max(queued) - dropped,
         "first_started": min(started) - dropped,
         "busy": busy,  # the worker's own timing of generation + encoding, summed over the jobs
-        "between_jobs": sum(s - e for s, e in zip(sorted(started)[1:], sorted(succeeded)[:-1])),
+        "between_jobs": sum(s - e for s, e in zip(sorted(started)[1:], sorted(generated)[:-1])),
         "digests": {v.stem.rsplit("_", 2)[0]: _digest(v) for v in videos},
     }
+
+
+def _visible(folder: Path, pattern: str) -> list[Path]:
+    """Published files only: the daemon stages each set under hidden names (.i2vd-tmp-...) first."""
+    return [p for p in folder.glob(pattern) if not p.name.startswith(".")]
 
 
 def _digest(path: Path) -> str:
@@ -204,12 +220,12 @@ def main(argv: list[str] | None = None) -> int:
         outside.append((b["seconds"] - b["busy"]) / b["seconds"])
         print(f"round {n + 1}  (a) bare {a1['seconds']:.2f} s before, {a2['seconds']:.2f} s after   "
               f"(b) daemon {b['seconds']:.2f} s: last queued +{b['last_queued']:.2f} s, first job started "
-              f"+{b['first_started']:.2f} s, jobs {b['busy']:.2f} s, between jobs {b['between_jobs']:.2f} s"
+              f"+{b['first_started']:.2f} s, jobs {b['busy']:.2f} s, between generations {b['between_jobs']:.2f} s"
               f"   (b)/(a) {ratios[-1]:.3f}   MP4s identical: {'yes' if same else 'NO'}", flush=True)
         if not same:
             print("         the MP4s differ: (a) and (b) did not do the same work", flush=True)
-    print(f"daemon   time outside its jobs' generation and encoding (pickup with the settle window, between "
-          f"jobs, after the last): median {100 * statistics.median(outside):.1f} % of (b)")
+    print(f"daemon   its jobs' generation and encoding summed, against its wall time (negative: publishing "
+          f"overlapped generation): median {100 * statistics.median(outside):.1f} % of (b) outside them")
     verdict = "meets" if statistics.median(ratios) <= TARGET else "misses"
     footer(f"daemon overhead (b)/(a) = {statistics.median(ratios):.3f} (median of {len(ratios)}; "
            f"{verdict} the target <= {TARGET})")

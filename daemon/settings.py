@@ -96,12 +96,15 @@ class Settings(BaseSettings):
     max_loaded_models: int = Field(0, ge=0, description="Models kept loaded at once (0: as many as fit; "
                                    "the least recently used is evicted when a load runs out of GPU memory).")
     decode_chunk_size: int = Field(8, ge=1, description="Frames the VAE decodes at once (before the ladder).")
+    publish_backlog: int = Field(1, ge=0, description="Generated jobs that may wait for the publisher thread "
+                                 "while the next one generates (0: publish each job before claiming the next).")
 
     # Fault injection, for tests on machines without a GPU
     fault_oom_above: int | None = Field(None, description="Raise CUDA OOM above width*height*frames.")
     fault_crash_prompt: str | None = Field(None, description="SIGKILL the worker mid-job on prompts with this.")
     fault_crash_publish: str | None = Field(None, description="SIGKILL the worker between placing a video and "
                                             "its metadata, on prompts with this.")
+    fault_hold_publish: Path | None = Field(None, description="Hold every publish until this file exists.")
 
     # Service
     metrics_enabled: bool = Field(True, description="Serve Prometheus metrics on metrics_address.")

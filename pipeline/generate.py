@@ -11,7 +11,6 @@ import torch
 from pipeline.backends import backend_for_class, get_backend
 from pipeline.backends.base import MemoryOptions, ProgressCallback, VideoBackend
 from pipeline.errors import NonFiniteOutput
-from pipeline.oom import raise_injected_oom
 from pipeline.runtime import Placement, dtype_name
 from pipeline.params import GenerationParams
 
@@ -20,11 +19,10 @@ class VideoGenerator:
     """A loaded pipeline kept warm between jobs, and the backend that knows how to call it."""
 
     def __init__(self, pipe, placement: Placement, *, backend: VideoBackend | None = None,
-                 inject_oom_above: int | None = None, decode_chunk_size: int = 8) -> None:
+                 decode_chunk_size: int = 8) -> None:
         self.pipe = pipe
         self.placement = placement
         self.backend = backend or get_backend(backend_for_class(type(pipe).__name__))
-        self.inject_oom_above = inject_oom_above  # tests: OOM above width*height*frames
         self.decode_chunk_size = decode_chunk_size
 
     @torch.inference_mode()
@@ -42,7 +40,6 @@ class VideoGenerator:
         report = on_progress or (lambda _p: None)
         if self.placement.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.placement.device)
-        raise_injected_oom(params, self.inject_oom_above)
         # Half the chunk, not 1: SVD's temporal decoder blends frames within a chunk, so 1 flickers.
         chunk = max(1, self.decode_chunk_size // 2) if memory.vae_slicing else self.decode_chunk_size
         memory = replace(memory, decode_chunk_size=chunk)

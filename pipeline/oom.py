@@ -110,10 +110,3 @@ class OomLadder:
             return None
         return replace(params, width=width, height=height)
 
-
-def raise_injected_oom(params: GenerationParams, above: int | None) -> None:
-    """Fault injection for tests on CPU: a real OutOfMemoryError above width*height*frames."""
-    if above is not None and params.width * params.height * params.num_frames > above:
-        raise torch.OutOfMemoryError(
-            f"CUDA out of memory (injected: {params.width}x{params.height}x{params.num_frames} > {above})"
-        )

@@ -14,7 +14,7 @@ from daemon.db.tables import JobState
 from daemon.jobs.queue import JobQueue
 from daemon.jobs.recovery import recover_jobs
 from daemon.periodic import Backoff, PeriodicTask
-from daemon.worker.runner import _Heartbeat
+from daemon.worker.lease import Heartbeat
 from support.jobs import queued_job
 from support.outage import engine_for_outages, outage
 
@@ -70,7 +70,7 @@ def test_the_job_heartbeat_rides_out_a_database_error(database_url):
     heartbeat retries, the lease never lapses, and recovery leaves the job alone."""
     lease = 4.0
     queue, job_id = _running_job(database_url, lease)
-    heartbeat = _Heartbeat(queue, job_id, OWNER, lease)
+    heartbeat = Heartbeat(queue, job_id, OWNER, lease)
     with capture_logs() as logs:
         heartbeat.start()
         try:
@@ -96,7 +96,7 @@ def test_the_job_heartbeat_rides_out_a_database_error(database_url):
 def test_a_heartbeat_failing_for_a_whole_lease_stops_the_job(tmp_path):
     url = f"sqlite:///{tmp_path / 'i2vd.sqlite3'}"
     queue, job_id = _running_job(url, 1.0)
-    heartbeat = _Heartbeat(queue, job_id, OWNER, 1.0)
+    heartbeat = Heartbeat(queue, job_id, OWNER, 1.0)
     with capture_logs() as logs:
         heartbeat.start()
         try:

@@ -35,3 +35,6 @@ class ErrorCode(StrEnum):
     ENCODE_ERROR = "encode_error"
     MODEL_UNAVAILABLE = "model_unavailable"
     NONFINITE_OUTPUT = "nonfinite_output"
+    UNSUPPORTED_SHAPE = "unsupported_shape"
+    DTYPE_MISMATCH = "dtype_mismatch"
+    INPUT_REFUSED = "input_refused"

@@ -23,7 +23,7 @@ from daemon.events import kinds
 from daemon.events.outbox import record_event, record_events
 from daemon.db.tables import Attempt, Event, Job, JobState, utcnow
 from daemon.jobs.errors import JobNotFound, KeyConflict, ModelNotServed, NotRetryable
-from daemon.process import worker_identity  # noqa: F401 - worker/runner.py and events/webhooks.py import it from here
+
 
 if TYPE_CHECKING:
     from daemon.models.catalog import ModelCatalog

@@ -48,7 +48,6 @@ def load_generator(settings: Settings, device: torch.device, model: ServedModel)
              device=str(placement.device), dtype=dtype_name(placement.dtype))
     started = time.monotonic()
     generator = VideoGenerator(backend.load(source, placement), placement, backend=backend,
-                               inject_oom_above=settings.fault_oom_above,
                                decode_chunk_size=settings.decode_chunk_size)
     revision = None if model.source.tiny or Path(source).is_dir() else cached_revision(source)
     log.info("model_loaded", model=model.name, seconds=round(time.monotonic() - started, 2))

@@ -168,10 +168,12 @@ class Daemon:
         intake.scan()
         worker = worker_thread = registry = None
         if pool is not None:
+            from daemon.worker.faults import Faults
             from daemon.worker.runner import Worker
 
             registry = WorkerRegistry(sessions, this_process(), s.lease_seconds)
-            worker = Worker(s, queue, pool, registry.register(pool.device, catalog.names), encoder)
+            worker = Worker(s, queue, pool, registry.register(pool.device, catalog.names), encoder,
+                            Faults.from_settings(s))
             registry.start()
             worker_thread = threading.Thread(target=self._run_worker, args=(worker,), name="worker", daemon=True)
             worker_thread.start()

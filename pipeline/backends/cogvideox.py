@@ -52,6 +52,9 @@ RULES = BackendRules(
 class UnsupportedShape(PipelineError):
     """This checkpoint generates only the size and frame count it was trained at."""
 
+    code = "unsupported_shape"
+    retryable = False
+
 
 def fixed_shape(pipe) -> tuple[int, int, int] | None:
     """(width, height, frames) a checkpoint with learned positional embeddings insists on, else None."""

@@ -139,6 +139,7 @@ class BackendContract:
         """An injected OOM above 32x32 x (fewer frames): the ladder walks to a rung that fits, or ends."""
         import torch
 
+        from daemon.worker.faults import Faults
         from pipeline.generate import VideoGenerator
         from pipeline.oom import OomLadder, is_oom
         from pipeline.runtime import Placement
@@ -146,11 +147,13 @@ class BackendContract:
         rules = RULES[self.name]
         asked = self.params(num_frames=self.ladder_frames or self.frames, steps=2)
         generator = VideoGenerator(pipe, Placement(torch.device("cpu"), torch.float32),
-                                   backend=get_backend(self.name), inject_oom_above=32 * 32 * (asked.num_frames - 1))
+                                   backend=get_backend(self.name))
+        faults = Faults(oom_above=32 * 32 * (asked.num_frames - 1))
         tried, frames = [], None
         for rung in OomLadder(rules).walk(asked):
             tried.append(rung)
             try:
+                faults.before_generate(rung.params)
                 frames = generator.generate(test_image(), rung.params, memory=rung.memory)
                 break
             except Exception as exc:  # noqa: BLE001  the worker's test: only OOMs walk on

@@ -48,3 +48,47 @@ def outage(url: str) -> Iterator[None]:
             yield
         finally:
             conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(database)))
+
+
+@contextmanager
+def database_outliving_restarts() -> Iterator[str]:
+    """A throwaway PostgreSQL database, created and dropped over connections of their own: the
+    `postgres_url` fixture's connection would not survive `server_stopped`."""
+    import os
+    import secrets
+
+    import psycopg
+    import pytest
+    from psycopg import sql
+
+    admin = make_url(POSTGRES_ADMIN_URL)
+    admin_dsn = admin.set(drivername="postgresql").render_as_string(hide_password=False)
+    name = f"i2vd_test_{os.getpid()}_{secrets.token_hex(4)}"
+    try:
+        with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(f"PostgreSQL unreachable: {exc}")
+        pytest.skip(f"PostgreSQL unreachable: {' '.join(str(exc).split())}")
+    try:
+        yield admin.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=30) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@contextmanager
+def server_stopped(cluster: str = "15 main") -> Iterator[None]:
+    """The whole local PostgreSQL server stopped (fast shutdown: sessions cut) while inside; started after.
+
+    It stops the server every test shares: keep the time inside short.
+    """
+    import subprocess
+
+    command = ["pg_ctlcluster", "--skip-systemctl-redirect", *cluster.split()]
+    subprocess.run([*command, "stop", "-m", "fast"], check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run([*command, "start"], check=True, capture_output=True)
