@@ -92,6 +92,8 @@ class DeliveryStore:
         """Give events newer than the URL's cursor a pending delivery row; returns events scanned."""
         with self._sessions() as s:
             scanned = s.scalar(select(WebhookEndpoint.scanned_up_to).where(WebhookEndpoint.url == self.url))
+            if scanned is None:
+                raise LookupError(f"webhook endpoint {self.url} is not registered: call register() first")
             top = s.scalar(select(func.max(Event.id))) or 0
             upper = min(top, scanned + FAN_OUT_BATCH)
             if upper <= scanned:
