@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -190,6 +190,20 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def resolved_database_url(self) -> str:
+        """database_url once validation filled in its default (the SQLite file in state_dir)."""
+        if self.database_url is None:  # only a Settings built without validation (model_construct)
+            raise RuntimeError("Settings.database_url was never resolved: build Settings through validation")
+        return self.database_url
+
+    @property
+    def resolved_log_file(self) -> Path:
+        """log_file once validation filled in its default (state_dir/i2vd.log)."""
+        if self.log_file is None:  # only a Settings built without validation (model_construct)
+            raise RuntimeError("Settings.log_file was never resolved: build Settings through validation")
+        return self.log_file
+
+    @property
     def done_dir(self) -> Path:
         return self.inbox_dir / "done"
 
@@ -200,7 +214,7 @@ class Settings(BaseSettings):
     @property
     def model_entries(self) -> list[tuple[str | None, str]]:
         """(name or None, value) of each served model, the default first."""
-        entries = []
+        entries: list[tuple[str | None, str]] = []
         for entry in self.models or (self.model,):
             name, sep, value = entry.partition("=")
             entries.append((name.strip(), value.strip()) if sep else (None, entry.strip()))
@@ -238,7 +252,7 @@ def describe_error(exc: Exception) -> str:
     return str(exc)
 
 
-def load_settings(config_file: Path | None = None, **overrides: object) -> Settings:
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Settings from overrides, I2VD_* variables, the TOML file (--config or I2VD_CONFIG), defaults."""
     path = config_file or os.environ.get("I2VD_CONFIG")
     if path is None:

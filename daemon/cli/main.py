@@ -251,11 +251,11 @@ def _write_pair(image: Path, sidecar: bytes, image_dest: Path, sidecar_dest: Pat
 def _sessions(settings: Settings):
     from daemon.db.engine import make_engine, schema_revision, session_factory, sqlite_path
 
-    db_file = sqlite_path(settings.database_url)
+    db_file = sqlite_path(settings.resolved_database_url)
     if db_file is not None and not db_file.exists():  # reading must not leave an empty database behind
         raise I2vdError(f"no database yet at {db_file}: no daemon has run with these settings (check "
                         "I2VD_STATE_DIR or I2VD_DATABASE_URL); `i2vd run` creates it")
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.resolved_database_url)
     current, head = schema_revision(engine)
     if current != head:
         raise I2vdError(f"database schema is at {current or 'nothing'}, not {head}: run `i2vd db upgrade`")
@@ -359,7 +359,7 @@ def cmd_jobs_show(settings: Settings, args) -> int:
 def cmd_db_upgrade(settings: Settings, _args) -> int:
     from daemon.db.engine import make_engine, schema_revision, upgrade
 
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.resolved_database_url)
     upgrade(engine)
     print(f"database at revision {schema_revision(engine)[0]}")
     return 0

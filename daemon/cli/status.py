@@ -89,7 +89,7 @@ def unserved_lines(queued_by_model: dict[str | None, int], workers: list[WorkerR
     alive = [w for w in workers if is_alive(w, now, lease_seconds)]
     if any(w.models is None for w in alive):  # a worker from before models: it takes any job
         return []
-    served = sorted({name for w in alive for name in w.models})
+    served = sorted({name for w in alive for name in w.models or ()})
     serving = f"live workers serve: {', '.join(served)}" if served else "no worker is alive"
     return [f"{count} queued for model {model}: no live worker serves it ({serving}); start an i2vd "
             f"whose models setting names {model}, or cancel these jobs"

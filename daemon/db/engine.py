@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.errors import ConfigError
+from daemon.errors import ConfigError, I2vdError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"  # a link to the repository's alembic/; a copy in the wheel
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -115,6 +115,8 @@ def downgrade(engine: Engine, revision: str) -> None:
 def schema_revision(engine: Engine) -> tuple[str | None, str]:
     """(current revision, head revision)."""
     head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+    if head is None:  # alembic's answer for a folder without revisions
+        raise I2vdError(f"no migrations found in {MIGRATIONS_DIR}: this i2vd installation is incomplete")
     with engine.connect() as conn:
         current = MigrationContext.configure(conn).get_current_revision()
     return current, head

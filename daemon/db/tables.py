@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
+from typing import cast
 
 from sqlalchemy import (
     JSON,
@@ -19,12 +20,19 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def rowcount(result: Result) -> int:
+    """Rows an UPDATE or DELETE matched. Session.execute types its result as a plain Result, but for
+    these statements it is a CursorResult, which has the count."""
+    return cast(CursorResult, result).rowcount
 
 
 class UtcDateTime(TypeDecorator):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -10,6 +11,9 @@ from daemon.events.retention import prune, prune_progress
 from daemon.logs import get_logger
 from daemon.settings import Settings
 from daemon.periodic import PeriodicTask
+
+if TYPE_CHECKING:
+    from daemon.events.webhooks import Webhooks
 
 log = get_logger("i2vd.events")
 
@@ -27,7 +31,7 @@ class EventServices:
         self._next_prune = self._next_progress_prune = 0.0
         self._pruner = PeriodicTask("prune", self._prune_step, PROGRESS_PRUNE_INTERVAL,
                                     escalate_after=PROGRESS_PRUNE_INTERVAL, first_delay=0)
-        self._webhooks = None
+        self._webhooks: Webhooks | None = None
         self._webhook_settings: tuple | None = None
         self._webhook_watch = PeriodicTask("webhook-settings", self._follow_webhook_settings,
                                            WEBHOOK_SETTINGS_INTERVAL, escalate_after=ESCALATE_AFTER)

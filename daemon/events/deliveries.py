@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.events.outbox import EventRecord
-from daemon.db.tables import Event, UtcDateTime, WebhookDelivery, WebhookEndpoint, utcnow
+from daemon.db.tables import Event, UtcDateTime, WebhookDelivery, WebhookEndpoint, rowcount, utcnow
 
 FAN_OUT_BATCH = 500  # events turned into delivery rows per pass
 
@@ -59,11 +59,12 @@ class DeliveryStore:
             return True
         until = now + timedelta(seconds=lease_seconds)
         with self._sessions() as s:
-            taken = s.execute(update(WebhookEndpoint).where(
+            result = s.execute(update(WebhookEndpoint).where(
                 WebhookEndpoint.url == self.url,
                 or_(WebhookEndpoint.lease_owner.is_(None), WebhookEndpoint.lease_owner == self.owner,
                     WebhookEndpoint.lease_expires_at < now),
-            ).values(lease_owner=self.owner, lease_expires_at=until)).rowcount == 1
+            ).values(lease_owner=self.owner, lease_expires_at=until))
+            taken = rowcount(result) == 1
             s.commit()
         self._leading_until = until if taken else None
         return taken
@@ -91,6 +92,8 @@ class DeliveryStore:
         """Give events newer than the URL's cursor a pending delivery row; returns events scanned."""
         with self._sessions() as s:
             scanned = s.scalar(select(WebhookEndpoint.scanned_up_to).where(WebhookEndpoint.url == self.url))
+            if scanned is None:
+                raise LookupError(f"webhook endpoint {self.url} is not registered: call register() first")
             top = s.scalar(select(func.max(Event.id))) or 0
             upper = min(top, scanned + FAN_OUT_BATCH)
             if upper <= scanned:

@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import Table, func, insert, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.db.tables import Event, utcnow
@@ -58,7 +59,7 @@ def record_events(session: Session, events: Iterable[tuple[str, int | None, dict
         return
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": EVENT_WRITE_LOCK_KEY})
-    session.execute(insert(Event.__table__), rows)
+    session.execute(insert(cast(Table, Event.__table__)), rows)
 
 
 class EventLog:

@@ -4,8 +4,10 @@ never decompressed, so a slow or hostile receiver costs neither time nor memory.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
+from typing import cast
 
 import httpx
 
@@ -46,7 +48,9 @@ class Poster:
             async with asyncio.timeout(deadline_seconds):
                 async with self._client.stream("POST", url, content=body, headers=headers) as response:
                     head = b""
-                    async with aclosing(response.aiter_raw()) as chunks:  # raw: a gzip bomb stays small
+                    # httpx types aiter_raw() as an AsyncIterator; it is an async generator, with aclose().
+                    raw = cast(AsyncGenerator[bytes, None], response.aiter_raw())
+                    async with aclosing(raw) as chunks:  # raw: a gzip bomb stays small
                         async for chunk in chunks:
                             head += chunk[:MAX_ANSWER_BYTES - len(head)]
                             if len(head) >= MAX_ANSWER_BYTES:

@@ -11,7 +11,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.events import kinds
-from daemon.db.tables import Event, Job, utcnow
+from daemon.db.tables import Event, Job, rowcount, utcnow
 from daemon.jobs.queue import FINISHED_STATES
 
 PROGRESS_KEPT = timedelta(hours=1)  # a running job's progress events; its end deletes them sooner
@@ -38,7 +38,7 @@ def prune(sessions: sessionmaker[Session], days: float, *, delete_outputs: bool 
             if not rows:
                 break
             ids = [r.id for r in rows]
-            events += s.execute(delete(Event).where(Event.job_id.in_(ids))).rowcount
+            events += rowcount(s.execute(delete(Event).where(Event.job_id.in_(ids))))
             # A newer retry keeps its own history; only its link to the pruned job goes.
             s.execute(update(Job).where(Job.retried_from_id.in_(ids)).values(retried_from_id=None))
             s.execute(delete(Job).where(Job.id.in_(ids)))  # attempts go with them (ON DELETE CASCADE)
@@ -47,7 +47,7 @@ def prune(sessions: sessionmaker[Session], days: float, *, delete_outputs: bool 
         if delete_outputs:
             files += _delete_files(p for r in rows for p in (r.output_path, r.metadata_path))
     with sessions() as s:
-        events += s.execute(delete(Event).where(Event.job_id.is_(None), Event.created_at < cutoff)).rowcount
+        events += rowcount(s.execute(delete(Event).where(Event.job_id.is_(None), Event.created_at < cutoff)))
         s.commit()
     return Pruned(jobs, events, files)
 
@@ -55,8 +55,8 @@ def prune(sessions: sessionmaker[Session], days: float, *, delete_outputs: bool 
 def prune_progress(sessions: sessionmaker[Session], now: datetime | None = None) -> int:
     """Progress events older than an hour (a job that ends deletes its own at once)."""
     with sessions() as s:
-        n = s.execute(delete(Event).where(Event.type == kinds.JOB_PROGRESS,
-                                          Event.created_at < (now or utcnow()) - PROGRESS_KEPT)).rowcount
+        n = rowcount(s.execute(delete(Event).where(Event.type == kinds.JOB_PROGRESS,
+                                                   Event.created_at < (now or utcnow()) - PROGRESS_KEPT)))
         s.commit()
     return n
 

@@ -75,8 +75,7 @@ def check_image(path: Path, *, max_bytes: int, max_pixels: int, decode: bool = T
 def load_rgb(path: Path) -> PIL.Image.Image:
     """The image upright (EXIF orientation) and in RGB; transparency is composited on white."""
     with PIL.Image.open(path, formats=FORMATS) as img:
-        img = PIL.ImageOps.exif_transpose(img)
-        return to_rgb(img)
+        return to_rgb(PIL.ImageOps.exif_transpose(img))
 
 
 def to_rgb(img: PIL.Image.Image) -> PIL.Image.Image:

@@ -139,7 +139,7 @@ class Intake:
             self._reject(pair, InputRejected(
                 ErrorCode.MISSING_SIDECAR, f"{pair.image.name} waited {timeout:g} s for {stem}.json, which never came.",
                 hint=self._case_hint(pair) or f"Drop {stem}.json with at least a prompt, or configure default_prompt."))
-        else:
+        elif pair.sidecar:
             self._reject(pair, InputRejected(
                 ErrorCode.MISSING_IMAGE, f"{pair.sidecar.name} waited {timeout:g} s for its image "
                 f"({stem}.png/.jpg/.jpeg/.webp), which never came.",
@@ -151,6 +151,8 @@ class Intake:
         if not self.tracker.announce_once(paths):
             return
         present = pair.image or pair.sidecar
+        if present is None:  # a group holds at least one file
+            return
         wanted = f"{pair.stem}.json" if pair.image else f"{pair.stem}.png/.jpg/.jpeg/.webp"
         fallback = " (then default_prompt is used)" if pair.image and self.settings.default_prompt else ""
         log.info("pair_waiting", file=shown(str(present.relative_to(self.settings.inbox_dir))),
@@ -200,6 +202,8 @@ class Intake:
     # -- one pair -------------------------------------------------------------------------------
 
     def _ingest(self, pair: Pair) -> None:
+        if pair.image is None:  # callers take only pairs with their image
+            raise ValueError(f"{pair.stem}: no image to take")
         rel_dir = pair.directory.relative_to(self.settings.inbox_dir)
         try:
             sidecar = self._read_sidecar(pair)
@@ -313,8 +317,11 @@ class Intake:
         moves = [(job.source_image, job.image_path), (job.source_sidecar, job.sidecar_path)]
         try:
             for src, dest in moves:
-                if src is not None:
-                    move(path_from_text(src), Path(dest))
+                if src is None:
+                    continue
+                if dest is None:  # intake writes both or neither
+                    raise ValueError(f"job {job.id}: {src} has no destination in done/")
+                move(path_from_text(src), Path(dest))
         except FileNotFoundError:
             self.queue.fail(job.id, ErrorCode.INPUTS_VANISHED, "The inputs disappeared from the inbox during intake.")
             log.warning("job_failed", job_id=job.id, error_code=ErrorCode.INPUTS_VANISHED)
@@ -344,12 +351,13 @@ class Intake:
         rel_dir = pair.directory.relative_to(self.settings.inbox_dir)
         failed_dir = self.settings.failed_dir / rel_dir
         base = unique_stem(failed_dir, pair.stem, [".error.json", *{p.suffix for p in files}])
+        names = [shown(p.name) for p in files]
         report = {
             "code": rejection.code,
             "error": shown(str(rejection)),
             "field_errors": rejection.field_errors,
             "hint": rejection.hint and shown(rejection.hint),
-            "files": [shown(p.name) for p in files],
+            "files": names,
             "moved_to": shown(str(failed_dir)),
             "time": utcnow().isoformat(),
             "i2vd_version": __version__,
@@ -360,12 +368,12 @@ class Intake:
                 move(path, failed_dir / f"{base}{path.suffix}")
             except FileNotFoundError:
                 pass
-        self.queue.record_rejection(rejection.code, str(rejection), report["files"], hint=rejection.hint,
+        self.queue.record_rejection(rejection.code, str(rejection), names, hint=rejection.hint,
                                     folder=str(rel_dir) if rel_dir.parts else "", error_file=f"{base}.error.json")
         self.stats.rejected[rejection.code] = self.stats.rejected.get(rejection.code, 0) + 1
         metrics.intake_rejections.labels(rejection.code).inc()
         log.warning("intake_rejected", error_code=rejection.code, reason=report["error"],
-                    files=report["files"], error_file=shown(f"{base}.error.json"))
+                    files=names, error_file=shown(f"{base}.error.json"))
 
 
 def idempotency_key(inbox: Path, files: list[Path]) -> str:

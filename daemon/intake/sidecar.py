@@ -11,6 +11,7 @@ from pathlib import PurePath
 from typing import TYPE_CHECKING, Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from daemon.errors import InputRejected
 from daemon.jobs.codes import ErrorCode
@@ -172,7 +173,7 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
     return data
 
 
-def _message(err: dict) -> str:
+def _message(err: ErrorDetails) -> str:
     if err["type"] == "extra_forbidden":
         return "unknown field"
     if err["type"] == "missing":
@@ -198,9 +199,10 @@ def route(sidecar: Sidecar, folder: PurePath, catalog: ModelCatalog) -> Route:
     preset_part = parts[1 if folder_model else 0] if len(parts) > (1 if folder_model else 0) else None
     model = folder_model or catalog.default
     if sidecar.model is not None:
-        model = catalog.find(sidecar.model)
-        if model is None:
+        named = catalog.find(sidecar.model)
+        if named is None:
             raise _invalid([{"field": "model", "message": str(ModelNotServed(sidecar.model, catalog.describe()))}])
+        model = named
     return Route(model, preset_part if preset_part in PRESETS else None)
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any, TypeGuard
 
 from daemon.files import (TEMP_PREFIX, fsync_dir, fsync_file, json_bytes, publish, read_json, sha256,
                           temp_path, unique_stem, write_temp)
@@ -233,7 +234,7 @@ def _staged_metadata(job_id: int, paths: OutputPaths) -> list[_Staged]:
     return found
 
 
-def _is_jobs(document: object, job_id: int) -> bool:
+def _is_jobs(document: object, job_id: int) -> TypeGuard[dict[str, Any]]:
     return isinstance(document, dict) and document.get("job_id") == job_id
 
 

@@ -12,16 +12,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from sqlalchemy import case, delete, func, or_, select, update
+from sqlalchemy import Table, case, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.events import kinds
 from daemon.events.outbox import record_event, record_events
-from daemon.db.tables import Attempt, Event, Job, JobState, utcnow
+from daemon.db.tables import Attempt, Event, Job, JobState, rowcount, utcnow
 from daemon.jobs.errors import JobNotFound, KeyConflict, ModelNotServed, NotRetryable
 
 
@@ -91,7 +91,7 @@ class JobQueue:
         with self._sessions() as s:
             insert = postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
             made = dict(s.execute(
-                insert(Job.__table__).on_conflict_do_nothing(index_elements=[Job.idempotency_key])
+                insert(cast(Table, Job.__table__)).on_conflict_do_nothing(index_elements=[Job.idempotency_key])
                 .returning(Job.idempotency_key, Job.id),
                 [{"state": JobState.INTAKE, **new.__dict__} for new in sorted(news, key=lambda n: n.idempotency_key)],
             ).all())
@@ -230,7 +230,7 @@ class JobQueue:
                 .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
             )
             s.commit()
-            return result.rowcount == 1
+            return rowcount(result) == 1
 
     def progress(self, job_id: int, phase: str, step: int | None = None, total: int | None = None, *,
                  owner: str) -> bool:
@@ -266,7 +266,7 @@ class JobQueue:
                 .values(output_path=output_path, metadata_path=metadata_path)
             )
             s.commit()
-            return result.rowcount == 1
+            return rowcount(result) == 1
 
     def succeed(self, job_id: int, owner: str, *, rung: str | None = None, timings: dict | None = None,
                 recovered: bool = False) -> bool:
@@ -285,10 +285,10 @@ class JobQueue:
         """-> failed: a running job only by its `owner`; without one, only a job nobody runs (intake, queued)."""
         with self._sessions() as s:
             result = s.execute(self._end(job_id, JobState.FAILED, owner, error_code=code, error_message=message))
-            if result.rowcount == 1:
+            if rowcount(result) == 1:
                 self._end_events(s, job_id, kinds.JOB_FAILED, {"code": code, "message": message})
             s.commit()
-            return result.rowcount == 1
+            return rowcount(result) == 1
 
     def requeue(self, job_id: int, owner: str | None = None, *, expired_before: datetime | None = None,
                 reason: str = "interrupted") -> bool:
@@ -316,17 +316,17 @@ class JobQueue:
             result = s.execute(q.values(
                 state=JobState.QUEUED, lease_owner=None, lease_expires_at=None, phase=None,
                 progress_step=None, progress_total=None, run_after=run_after))
-            if result.rowcount == 1:
+            if rowcount(result) == 1:
                 self._progress_events.pop(job_id, None)  # the next run reports its phases afresh
                 record_event(s, event, job_id, {**data, "run_after": run_after.isoformat() if run_after else None})
             s.commit()
-            return result.rowcount == 1
+            return rowcount(result) == 1
 
     def cancel(self, job_id: int) -> JobState | None:
         """queued -> cancelled at once; running -> asked to stop at its next step. None: no such job."""
         with self._sessions() as s:
             result = s.execute(self._end(job_id, JobState.CANCELLED, None, from_states=(JobState.QUEUED,)))
-            if result.rowcount == 1:
+            if rowcount(result) == 1:
                 self._end_events(s, job_id, kinds.JOB_CANCELLED, {"while": "queued"})
                 s.commit()
                 return JobState.CANCELLED
@@ -342,7 +342,7 @@ class JobQueue:
             result = s.execute(update(Job).values(priority=priority).where(
                 Job.id == job_id, Job.state.in_(WAITING_STATES)))
             s.commit()
-            return result.rowcount == 1
+            return rowcount(result) == 1
 
     def mark_cancelled(self, job_id: int, owner: str, *, expired_before: datetime | None = None) -> bool:
         """running -> cancelled, once `owner`'s worker stopped the job on request, or recovery found
@@ -352,10 +352,10 @@ class JobQueue:
             if expired_before is not None:
                 q = q.where(Job.lease_expires_at < expired_before)
             result = s.execute(q)
-            if result.rowcount == 1:
+            if rowcount(result) == 1:
                 self._end_events(s, job_id, kinds.JOB_CANCELLED, {"while": "running"})
             s.commit()
-            return result.rowcount == 1
+            return rowcount(result) == 1
 
     def retry(self, job_id: int, catalog: ModelCatalog | None = None) -> Job:
         """A new queued job with the same inputs and parameters, linked to the failed or cancelled one.

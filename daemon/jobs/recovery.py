@@ -35,13 +35,15 @@ def recover_jobs(queue: JobQueue, max_crash_attempts: int) -> list[int]:
         crashes = len(lost) + sum(1 for a in job.attempts if a.outcome == "crashed")
         recorded = OutputPaths.recorded(job.output_path, job.metadata_path)
         published = recorded is not None and finish_set(job.id, recorded)
+        # A running job has a lease_owner (a claim sets both); the owner-fenced ends below skip one without.
         if published:
             rung = job.attempts[-1].rung if job.attempts else None
-            if not queue.succeed(job.id, job.lease_owner, rung=rung, recovered=True):
+            if job.lease_owner is None or not queue.succeed(job.id, job.lease_owner, rung=rung, recovered=True):
                 continue
             log.info("job_succeeded", job_id=job.id, output=job.output_path, recovered=True)
         elif job.cancel_requested:  # asked to stop before its worker died: running it again is not wanted
-            if not queue.mark_cancelled(job.id, job.lease_owner, expired_before=now if expired else None):
+            if job.lease_owner is None or not queue.mark_cancelled(
+                    job.id, job.lease_owner, expired_before=now if expired else None):
                 continue
             log.info("job_cancelled", job_id=job.id, previous_owner=job.lease_owner, recovered=True)
         elif crashes >= max_crash_attempts:

@@ -181,14 +181,14 @@ def _check_weights(settings: Settings, source) -> Finding:
 def check_database(settings: Settings) -> list[Finding]:
     from daemon.db.engine import make_engine, schema_revision, sqlite_path, unwritable_reason
 
-    db_file = sqlite_path(settings.database_url)
+    db_file = sqlite_path(settings.resolved_database_url)
     if db_file is not None and not db_file.exists():
         folder = _existing_parent(db_file.parent)
         if not _writable(folder):
             return [Finding("database", "fail", f"no database yet at {db_file}, and it cannot be created: "
                                                 f"{folder} is not writable by user {_user()}.")]
         return [Finding("database", "ok", f"no database yet at {db_file}; created at first start.")]
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.resolved_database_url)
     try:
         current, head = schema_revision(engine)
         unwritable = unwritable_reason(engine) if current is not None else None
@@ -218,7 +218,7 @@ def _known_revision(revision: str) -> bool:
 
 def check_folders(settings: Settings) -> list[Finding]:
     folders = {"inbox": settings.inbox_dir, "outputs": settings.outputs_dir, "state": settings.state_dir,
-               "log folder": settings.log_file.parent}
+               "log folder": settings.resolved_log_file.parent}
     return [_check_folder(label, path) for label, path in folders.items()]
 
 

@@ -52,7 +52,8 @@ class Installed:
 
 def split_groups(names: Iterable[str]) -> tuple[list[str], list[str]]:
     """The group names that exist on this host, and those that do not."""
-    present, missing = [], []
+    present: list[str] = []
+    missing: list[str] = []
     for name in names:
         (present if group_exists(name) else missing).append(name)
     return present, missing

@@ -51,8 +51,7 @@ class WebServer(uvicorn.Server):
 def make_server(settings: Settings) -> tuple[WebServer, socket.socket]:
     """The server and its bound socket; refuses a non-loopback address without web_token."""
     check_exposure(split_host_port(settings.web_address)[0], settings.web_token is not None)
-    assert settings.database_url is not None  # Settings fills it in
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.resolved_database_url)
     upgrade(engine)  # as `i2vd run` does: either may start first, under the same migration lock
     stopping = threading.Event()
     app = create_app(settings, session_factory(engine), stopping)
