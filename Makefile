@@ -32,6 +32,7 @@ demo: $(BIN)/i2vd
 	I2VD_MODEL=tiny I2VD_SETTLE_SECONDS=1 $(BIN)/i2vd run
 
 test: $(VENV)/.test-tools
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 # On a machine with a CUDA GPU (about 10 minutes on one H100): every backend's default job at full size with

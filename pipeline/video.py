@@ -191,7 +191,7 @@ def plan_interpolation(num_frames: int, fps: int, factor: int) -> Interpolation:
 def video_tags(title: str, params: GenerationParams, *, model: str, version: str,
                interpolation: Interpolation | None = None) -> dict[str, str]:
     """MP4 tags that let the file explain itself: a title, the prompt, and the whole story as JSON."""
-    story = {
+    story: dict[str, object] = {
         "prompt": params.prompt,
         "negative_prompt": params.negative_prompt,
         "seed": params.seed,
@@ -242,7 +242,7 @@ def encode_mp4(frames: np.ndarray, path: Path, fps: int, *, tags: Mapping[str, s
 
     try:
         # A flat byte view of the frames: no copy, and communicate() copes with ffmpeg dying early.
-        data = memoryview(np.ascontiguousarray(frames)).cast("B")
+        data = memoryview(np.ascontiguousarray(frames).data).cast("B")
         result = subprocess.run(cmd, input=data, capture_output=True, check=False)
         if result.returncode != 0:
             raise EncodeError(f"ffmpeg failed to encode {path.name}: {_exit_reason(result)}")

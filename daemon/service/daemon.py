@@ -27,7 +27,7 @@ from daemon.jobs.queue import JobQueue
 from daemon.jobs.recovery import recover_jobs, sweep_outputs
 from daemon.service.reload import reload_settings
 from daemon.settings import Settings, describe_error, split_host_port
-from daemon.intake.watcher import choose_mode, filesystem_type, needs_polling, start_observer
+from daemon.intake.watcher import InboxEvent, choose_mode, filesystem_type, needs_polling, start_observer
 from daemon.worker.registry import WorkerRegistry, this_process
 
 if TYPE_CHECKING:
@@ -80,18 +80,18 @@ class Daemon:
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGHUP, self.request_reload)  # before the slow start-up: HUP must not kill us
         log.info("daemon_starting", version=__version__, inbox=str(s.inbox_dir), outputs=str(s.outputs_dir),
-                 database=_redact(s.database_url))
+                 database=s.resolved_database_url)  # the log redacts a password
         catalog = ModelCatalog.from_settings(s)
         self.notifier.status("Starting: database migrations" if s.intake_only
                              else f"Starting: database migrations, then loading model "
                                   f"{catalog.default.value}")
 
-        db_file = sqlite_path(s.database_url)
+        db_file = sqlite_path(s.resolved_database_url)
         if db_file is not None and needs_polling(fs := filesystem_type(db_file.parent)):
             log.warning("database_on_network_fs", path=str(db_file), filesystem=fs,
                         detail="SQLite's locking is not safe on network filesystems; keep the database "
                                "on local disk, and use PostgreSQL to share one inbox between hosts")
-        engine = make_engine(s.database_url)
+        engine = make_engine(s.resolved_database_url)
         metrics_server = None
         try:
             with StartupKeepalive(self.notifier, s.startup_timeout_seconds):
@@ -159,8 +159,8 @@ class Daemon:
         intake = Intake(s, queue, on_queued=self.worker_wake.set, catalog=catalog)
         intake.recover()
 
-        def on_event(path: str) -> None:
-            intake.notify(path)
+        def on_event(event: InboxEvent) -> None:
+            intake.notify(event)
             self.loop_wake.set()
 
         mode = choose_mode(s.observer, s.inbox_dir)
@@ -231,7 +231,7 @@ class Daemon:
             self.stop.set()  # also when the loop itself failed: the worker thread must end, not wait forever
             self.notifier.stopping(self._stopping_line(worker))
             observer.stop()
-            if worker is not None:
+            if worker is not None and worker_thread is not None and registry is not None:
                 self._stop_worker(worker, worker_thread)
                 registry.stop()
             events.stop()
@@ -310,9 +310,3 @@ class Daemon:
             while thread.is_alive():
                 thread.join(1.0)
                 self.notifier.watchdog()
-
-
-def _redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)

@@ -71,6 +71,8 @@ class WorkerRegistry:
         before = utcnow()
         db_now = s.scalar(select(func.now()))
         after = utcnow()
+        if db_now is None:  # no server clock to compare with
+            return
         skew = (before + (after - before) / 2 - db_now).total_seconds()
         if abs(skew) > self.lease_seconds / 10:
             log.warning("clock_skew", seconds=round(skew, 3),

@@ -132,6 +132,6 @@ def use_authors_scheduler(pipe) -> None:
     ship CogVideoXDDIMScheduler, which at 50 steps gives blurrier motion."""
     from diffusers import CogVideoXDPMScheduler
 
-    scheduler = pipe.scheduler
-    if not isinstance(scheduler, CogVideoXDPMScheduler) or scheduler.config.timestep_spacing != "trailing":
-        pipe.scheduler = CogVideoXDPMScheduler.from_config(scheduler.config, timestep_spacing="trailing")
+    config = pipe.scheduler.config
+    if not isinstance(pipe.scheduler, CogVideoXDPMScheduler) or config.timestep_spacing != "trailing":
+        pipe.scheduler = CogVideoXDPMScheduler.from_config(config, timestep_spacing="trailing")
