@@ -50,15 +50,3 @@ def quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     huggingface_hub.utils.disable_progress_bars()
-
-
-def load_pipeline(model: str, placement: Placement, backend: str | None = None):
-    """The pipeline of a hub id or local folder, loaded by `backend` (detected when not given)."""
-    from pipeline.backends import get_backend, parse_model
-
-    if backend is None:
-        try:
-            backend = parse_model(model).backend
-        except LookupError as exc:
-            raise ModelUnavailable(f"model {model!r}: {exc}") from None
-    return get_backend(backend).load(model, placement)

@@ -24,14 +24,24 @@ def sources() -> dict[str, Path]:
 
 
 def imports(path: Path, modules: dict[str, Path]) -> set[str]:
-    """The project modules `path` imports, at any depth in the file (a deferred import is still a dependency)."""
+    """The project modules `path` imports at run time, at any depth in the file (a deferred import is still a
+    dependency); imports only for type checkers (`if TYPE_CHECKING:`) are not."""
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            for child in node.orelse:
+                visit(child)
+            return
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
             names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
     return {name for name in names if name in modules and name.split(".")[0] in PACKAGES}
 
 

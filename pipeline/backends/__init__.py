@@ -13,8 +13,13 @@ import json
 import pkgutil
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.backends.base import BackendRules, VideoBackend, looks_like_path
+from pipeline.errors import ModelUnavailable
+
+if TYPE_CHECKING:
+    from pipeline.runtime import Placement
 
 DEFAULT_BACKEND = "i2vgen-xl"
 TINY = "tiny"
@@ -50,6 +55,16 @@ def backend_for_class(class_name: str) -> str:
             return rules.name
     raise LookupError(f"no backend serves the pipeline class {class_name}; i2vd serves "
                       + ", ".join(c for r in RULES.values() for c in r.pipeline_classes))
+
+
+def load_pipeline(model: str, placement: Placement, backend: str | None = None):
+    """The pipeline of a hub id or local folder, loaded by `backend` (detected when not given)."""
+    if backend is None:
+        try:
+            backend = parse_model(model).backend
+        except LookupError as exc:
+            raise ModelUnavailable(f"model {model!r}: {exc}") from None
+    return get_backend(backend).load(model, placement)
 
 
 def detect_backend(model_dir: str | Path, backend: str | None = None) -> str:

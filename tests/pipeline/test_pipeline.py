@@ -15,7 +15,8 @@ from support.files import drop_pair, probe
 from pipeline.errors import GenerationInterrupted, ModelUnavailable, NonFiniteOutput
 from pipeline.backends.i2vgen_xl import encode_prompt
 from pipeline.generate import VideoGenerator
-from pipeline.runtime import choose_dtype, load_pipeline, resolve_placement
+from pipeline.backends import load_pipeline
+from pipeline.runtime import choose_dtype, resolve_placement
 from pipeline.params import GenerationParams
 from pipeline.video import encode_mp4
 
