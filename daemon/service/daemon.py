@@ -102,7 +102,7 @@ class Daemon:
                     metrics_server = self._start_metrics(queue, None)
                     metrics.info.info({"version": __version__, "role": "intake"})
                 else:
-                    from daemon.encoding import video_encoder
+                    from daemon.worker.encoder import video_encoder
                     from pipeline.runtime import dtype_name, resolve_placement
 
                     device = resolve_placement(s.device).device

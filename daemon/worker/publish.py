@@ -64,7 +64,7 @@ class Publisher:
     def __init__(self, settings: Settings, queue: JobQueue, owner: str, faults: Faults,
                  outcomes: Outcomes, encoder: EncoderOptions) -> None:
         self.settings, self.queue, self.owner, self.faults, self.outcomes = settings, queue, owner, faults, outcomes
-        self.encoder = encoder  # chosen at start-up (daemon.encoding), used unchanged for every video
+        self.encoder = encoder  # chosen at start-up (daemon.worker.encoder), used unchanged for every video
 
     def run(self, done: Generated) -> None:
         """Publish the set and record how that ended; the job's lease is let go only then."""

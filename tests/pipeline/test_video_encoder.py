@@ -14,7 +14,7 @@ from support.daemons import daemon_env, wait_for
 from support.files import drop_pair, probe
 from support.video import ffmpeg_wrapper, noise, x264_options
 
-from daemon.encoding import worker_cores
+from daemon.worker.encoder import worker_cores
 from daemon.settings import Settings
 from pipeline.errors import EncoderUnavailable
 from pipeline.video import EncoderOptions, choose_encoder, encode_mp4, encoder_threads
