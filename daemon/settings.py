@@ -15,11 +15,12 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from pipeline.params import INTERPOLATION_FACTORS
+from pipeline.params import INTERPOLATION_FACTORS, LADDER_RUNGS, PRESET_NAMES, PresetName, RungName
 from pipeline.backends import DEFAULT_BACKEND, TINY
 
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-RESERVED_NAMES = frozenset({"preview", "standard", "high", "max", "done", "failed"})
+DONE_DIR, FAILED_DIR = "done", "failed"  # inside the inbox
+RESERVED_NAMES = frozenset({*PRESET_NAMES, DONE_DIR, FAILED_DIR})
 
 
 class Settings(BaseSettings):
@@ -46,7 +47,7 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
 
     # Generation defaults (a sidecar overrides them)
-    default_preset: Literal["preview", "standard", "high", "max"] = "standard"
+    default_preset: PresetName = "standard"
     default_negative_prompt: str | None = None
     default_fps: int | None = Field(None, ge=1, le=120, description="When a sidecar gives none; default: "
                                     "the backend's preset (used only where the backend allows it).")
@@ -90,9 +91,7 @@ class Settings(BaseSettings):
     max_crash_attempts: int = Field(3, ge=1, description="Crashes of the worker on one job before it is failed.")
     max_retries: int = Field(2, ge=0, description="Retries of a job after a transient failure.")
     retry_backoff_seconds: float = Field(30.0, ge=0, description="First retry delay; doubles each time.")
-    oom_ladder: tuple[Literal["vae_slicing", "cpu_offload", "sequential_offload", "fewer_frames",
-                              "lower_resolution"], ...] = (
-        "vae_slicing", "cpu_offload", "sequential_offload", "fewer_frames", "lower_resolution")
+    oom_ladder: tuple[RungName, ...] = LADDER_RUNGS
     max_loaded_models: int = Field(0, ge=0, description="Models kept loaded at once (0: as many as fit; "
                                    "the least recently used is evicted when a load runs out of GPU memory).")
     decode_chunk_size: int = Field(8, ge=1, description="Frames the VAE decodes at once (before the ladder).")
@@ -205,11 +204,11 @@ class Settings(BaseSettings):
 
     @property
     def done_dir(self) -> Path:
-        return self.inbox_dir / "done"
+        return self.inbox_dir / DONE_DIR
 
     @property
     def failed_dir(self) -> Path:
-        return self.inbox_dir / "failed"
+        return self.inbox_dir / FAILED_DIR
 
     @property
     def model_entries(self) -> list[tuple[str | None, str]]:

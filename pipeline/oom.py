@@ -8,8 +8,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from pipeline.backends.base import LADDER_RUNGS, BackendRules, MemoryOptions
-from pipeline.params import GenerationParams
+from pipeline.backends.base import BackendRules, MemoryOptions
+from pipeline.params import LADDER_RUNGS, GenerationParams
 
 _OOM_MESSAGES = (
     "out of memory",

@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Literal, get_args
+
+PresetName = Literal["preview", "standard", "high", "max"]
+PRESET_NAMES: tuple[PresetName, ...] = get_args(PresetName)
+"""Preset names; what each means comes from the backend that runs the job (BackendRules.presets)."""
+
+RungName = Literal["vae_slicing", "cpu_offload", "sequential_offload", "fewer_frames", "lower_resolution"]
+LADDER_RUNGS: tuple[RungName, ...] = get_args(RungName)
+"""Every OOM rung i2vd knows, cheapest loss first: memory modes cost only time, the last two cost output."""
 
 VERSION = 2
 """Version of the persisted dict. 1: unversioned, prompt always set (before backends). 2: "version"

@@ -8,7 +8,7 @@ import secrets
 import unicodedata
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import TYPE_CHECKING, Annotated, Literal, get_args
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
@@ -17,7 +17,7 @@ from daemon.errors import InputRejected
 from daemon.jobs.codes import ErrorCode
 from daemon.jobs.errors import ModelNotServed
 from pipeline.backends.base import BackendRules
-from pipeline.params import INTERPOLATION_FACTORS, GenerationParams
+from pipeline.params import INTERPOLATION_FACTORS, PRESET_NAMES, GenerationParams, PresetName
 
 if TYPE_CHECKING:
     from daemon.models.catalog import ModelCatalog, ServedModel
@@ -27,9 +27,7 @@ MAX_SIDECAR_BYTES = 64 * 1024
 RESOLUTIONS = (256, 512, 768, 1024)
 SEED_MAX = 2**63 - 1
 
-PresetName = Literal["preview", "standard", "high", "max"]
-PRESETS = get_args(PresetName)
-"""Preset names; what each means comes from the backend that runs the job (BackendRules.presets)."""
+PRESETS = PRESET_NAMES
 
 # Path separators, and every C0/C1 control character (NUL, newline, ESC ...) and DEL: they would
 # reach file names and the terminals that list them.

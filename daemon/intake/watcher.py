@@ -21,6 +21,8 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.inotify import InotifyObserver
 from watchdog.observers.polling import PollingObserverVFS
 
+from daemon.settings import DONE_DIR, FAILED_DIR
+
 # Where inotify misses changes made by other machines (or is not implemented at all).
 POLLING_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs",
                        "lustre", "gpfs", "virtiofs", "vboxsf", "vmhgfs", "sshfs")
@@ -102,7 +104,7 @@ class _Forward(FileSystemEventHandler):
 
 
 def start_observer(inbox: Path, mode: str, poll_interval: float, notify: Callable[[InboxEvent], None],
-                   skip_dirs: tuple[str, ...] = ("done", "failed")) -> BaseObserver:
+                   skip_dirs: tuple[str, ...] = (DONE_DIR, FAILED_DIR)) -> BaseObserver:
     """Start watching `inbox` recursively; events say where to look and how a file arrived."""
     if mode == "polling":
         def listdir(path: str | None) -> Iterator[os.DirEntry]:

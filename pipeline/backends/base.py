@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline.errors import ModelUnavailable, NonFiniteOutput
+from pipeline.params import LADDER_RUNGS, PRESET_NAMES
 
 if TYPE_CHECKING:
     import numpy
@@ -25,8 +26,6 @@ if TYPE_CHECKING:
     from pipeline.runtime import Placement
     from pipeline.params import GenerationParams
 
-LADDER_RUNGS = ("vae_slicing", "cpu_offload", "sequential_offload", "fewer_frames", "lower_resolution")
-"""Every OOM rung i2vd knows, cheapest loss first: memory modes cost only time, the last two cost output."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +112,7 @@ class BackendRules:
         unknown = set(self.ladder_rungs) - set(LADDER_RUNGS)
         if unknown:
             raise ValueError(f"{self.name}: unknown ladder rungs {sorted(unknown)}")
-        if set(self.presets) != {"preview", "standard", "high", "max"}:
+        if set(self.presets) != set(PRESET_NAMES):
             raise ValueError(f"{self.name}: presets must be preview, standard, high and max")
 
 
