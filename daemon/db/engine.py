@@ -8,17 +8,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import URL, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
+from alembic import command
 from daemon.errors import ConfigError, I2vdError
 
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError)
+"""What a database that is away (down, restarting, locked past the busy timeout) raises."""
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"  # a link to the repository's alembic/; a copy in the wheel
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # A daemon needs four connections at once (intake loop, worker, job heartbeat, worker heartbeat).

@@ -15,22 +15,27 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-
 from daemon import __version__, metrics
+from daemon.db.engine import DATABASE_UNAVAILABLE
+from daemon.db.tables import Job, JobState, utcnow
 from daemon.errors import InputRejected
 from daemon.files import move, unique_stem, write_json_atomic
 from daemon.intake.images import check_image, is_image_name
-from daemon.intake.inbox import (Pair, is_sidecar_name, path_from_text, path_text, safe_name, shown,
-                                 stem_of)
+from daemon.intake.inbox import (
+    Pair,
+    is_sidecar_name,
+    path_from_text,
+    path_text,
+    safe_name,
+    shown,
+    stem_of,
+)
 from daemon.intake.sidecar import Sidecar, params_for, parse_sidecar
 from daemon.intake.tracker import ReadinessTracker
 from daemon.intake.watcher import InboxEvent
 from daemon.jobs.codes import ErrorCode
 from daemon.jobs.queue import JobQueue, NewJob
 from daemon.logs import get_logger
-from daemon.db.tables import Job, JobState, utcnow
 from daemon.models.catalog import ModelCatalog
 from daemon.settings import Settings
 
@@ -41,7 +46,6 @@ MAX_ATTEMPTS = 3  # unexpected errors on one pair before it goes to failed/ as i
 # two per pair (bench/intake_rate.py), while the first jobs reach the workers without waiting for the rest.
 BATCH_SIZE = 100
 # The database is away (down, locked, pool exhausted): no pair's fault, so never counted against one.
-DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError)
 
 
 @dataclass

@@ -7,9 +7,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-
+from daemon.db.engine import DATABASE_UNAVAILABLE
 from daemon.errors import I2vdError
 from daemon.jobs.queue import JobQueue
 from daemon.logs import get_logger
@@ -18,7 +16,6 @@ from daemon.periodic import PeriodicTask
 log = get_logger("i2vd.worker")
 
 # The database is away (down, restarting, locked, read-only, pool exhausted): worth waiting for.
-DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError)
 WAIT_FIRST, WAIT_CAP = 0.2, 2.0  # seconds between tries of a write while the database is away
 
 T = TypeVar("T")

@@ -25,7 +25,8 @@ from daemon.jobs.queue import JobQueue
 from daemon.logs import get_logger
 from daemon.settings import Settings
 from daemon.worker.faults import Faults
-from daemon.worker.lease import DATABASE_UNAVAILABLE, Heartbeat, LeaseLost, first_line
+from daemon.db.engine import DATABASE_UNAVAILABLE
+from daemon.worker.lease import Heartbeat, LeaseLost, first_line
 from daemon.worker.metadata import downgrade, job_metadata
 from daemon.worker.outcome import Outcomes
 from pipeline.oom import Rung
