@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from daemon.db.engine import make_engine, session_factory, upgrade
 from support.daemons import POSTGRES_ADMIN_URL, DaemonProcess
 
 # The server that .ci/run starts; tests make and drop their own databases on it.
@@ -54,6 +55,15 @@ def database_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'engine-test.sqlite3'}"
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def sessions(database_url):
+    """A migrated database (SQLite, then PostgreSQL) for tests of the data layer."""
+    engine = make_engine(database_url)
+    upgrade(engine)
+    yield session_factory(engine)
+    engine.dispose()
 
 
 @pytest.fixture

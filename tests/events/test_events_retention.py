@@ -5,24 +5,14 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
-import pytest
 from sqlalchemy import update
 
 from daemon.cli.main import main
-from daemon.db.engine import make_engine, session_factory, upgrade
 from daemon.events import kinds
 from daemon.events.outbox import EventLog
 from daemon.events.retention import prune, prune_progress
 from daemon.db.tables import Event, Job, utcnow
 from daemon.jobs.queue import JobQueue, NewJob
-
-
-@pytest.fixture
-def sessions(database_url):
-    engine = make_engine(database_url)
-    upgrade(engine)
-    yield session_factory(engine)
-    engine.dispose()
 
 
 def finished_job(queue: JobQueue, key: str, outputs) -> int:

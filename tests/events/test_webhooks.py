@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 
 from support.cluster import Cluster
 from support.daemons import daemon_env, wait_for
@@ -14,14 +13,6 @@ from daemon.events.webhooks import WebhookSender, backoff_seconds, sign
 from daemon.db.tables import WebhookDelivery
 from daemon.jobs.queue import JobQueue, NewJob
 from support.webhooks import SECRET, Receiver, free_port, settings_for
-
-@pytest.fixture
-def sessions(database_url):
-    engine = make_engine(database_url)
-    upgrade(engine)
-    yield session_factory(engine)
-    engine.dispose()
-
 
 def some_events(queue: JobQueue) -> None:
     job, _ = queue.create(NewJob(idempotency_key="k", params={"seed": 1}, priority=0, output_stem="beach",
