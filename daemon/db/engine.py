@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,6 +51,15 @@ def make_engine(url: str) -> Engine:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
+
+    @event.listens_for(engine, "handle_error")
+    def _drop_read_only_connection(context):
+        # SQLite opens a file it cannot write (a read-only remount, a NAS share blinking) read-only
+        # and keeps it so when the file is writable again: this connection goes, the next reopens.
+        if getattr(context.original_exception, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_READONLY:
+            if context.execution_context is not None:  # its statement would keep the files open past close()
+                context.execution_context.cursor.close()
+            context.is_disconnect = True
 
     return engine
 
