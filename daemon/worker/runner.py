@@ -63,15 +63,21 @@ class Worker:
         with PublishStage(self.publisher, backlog) if backlog else nullcontext() as stage:
             while not stop.is_set():
                 try:
-                    job = self.queue.claim(self.owner, self.settings.lease_seconds, self.models.catalog.names,
-                                           self.models.resident)
-                    if job is not None:
+                    if (job := self._claim()) is not None:
                         self.execute(job, stage)
                         continue
-                except Exception:  # a database hiccup must not end the worker thread
+                except Exception:  # nothing must end the worker thread
                     log.exception("worker_error")
                 wake.wait(self.settings.worker_poll_seconds)
                 wake.clear()
+
+    def _claim(self) -> Job | None:
+        try:
+            return self.queue.claim(self.owner, self.settings.lease_seconds, self.models.catalog.names,
+                                    self.models.resident)
+        except DATABASE_UNAVAILABLE as exc:  # away for a while: the next poll tries again
+            log.warning("claim_failed", error=first_line(exc))
+            return None
 
     def execute(self, job: Job, stage: PublishStage | None = None) -> None:
         """Generate the job's frames, then publish them here or hand them to `stage`.
