@@ -13,17 +13,23 @@ RungName = Literal["vae_slicing", "cpu_offload", "sequential_offload", "fewer_fr
 LADDER_RUNGS: tuple[RungName, ...] = get_args(RungName)
 """Every OOM rung i2vd knows, cheapest loss first: memory modes cost only time, the last two cost output."""
 
-VERSION = 2
+VERSION = 3
 """Version of the persisted dict. 1: unversioned, prompt always set (before backends). 2: "version"
-key; prompt may be None (backends that take no text). Bump it with an upgrade step in `_UPGRADES`
-whenever a field changes meaning or becomes required, so jobs queued before an upgrade still run."""
+key; prompt may be None (backends that take no text). 3: "keep_aspect" (a preset's size is a pixel
+budget). Bump it with an upgrade step in `_UPGRADES` whenever a field is added, changes meaning or
+becomes required, so jobs queued before an upgrade still run, and an older i2vd sharing the database
+refuses newer jobs in one line instead of failing on an unknown field."""
 
 
 def _from_v1(data: dict) -> dict:
     return data  # same fields; v1 simply had no "version" key
 
 
-_UPGRADES = {1: _from_v1}  # version n -> n+1
+def _from_v2(data: dict) -> dict:
+    return {**data, "keep_aspect": False}  # v2 jobs ran at exactly the size asked
+
+
+_UPGRADES = {1: _from_v1, 2: _from_v2}  # version n -> n+1
 
 
 INTERPOLATION_FACTORS = (1, 2, 4)

@@ -28,7 +28,7 @@ def test_pair_becomes_mp4_and_bad_inputs_land_in_failed(dirs, run_daemon):
 
     metadata = json.loads(video.with_suffix(".json").read_text())
     assert metadata["params"] == {
-        "version": 2, "prompt": "a red sunset over the sea", "negative_prompt": "blurry", "width": 32, "height": 32,
+        "version": 3, "prompt": "a red sunset over the sea", "negative_prompt": "blurry", "width": 32, "height": 32,
         "num_frames": 12, "fps": 10, "steps": 10, "guidance_scale": 9.0, "seed": 7,
         "interpolate": 1, "keep_aspect": False,
     }

@@ -169,14 +169,16 @@ def test_sidecar_or_subfolder_picks_the_model_and_the_preset(tmp_path):
 # -- persisted job parameters ---------------------------------------------------------------------
 
 
-def test_job_params_are_versioned_and_a_v1_job_still_loads():
+def test_job_params_are_versioned_and_v1_and_v2_jobs_still_load():
     stored_v1 = {"prompt": "a lighthouse", "width": 32, "height": 32, "num_frames": 8, "fps": 8, "steps": 10,
                  "guidance_scale": 9.0, "seed": 1, "negative_prompt": None}  # as jobs were stored before
     params = GenerationParams.from_dict(stored_v1)
     assert params.prompt == "a lighthouse" and params.seed == 1
     stored = params.to_dict()
-    assert stored["version"] == VERSION == 2
+    assert stored["version"] == VERSION == 3
     assert GenerationParams.from_dict(stored) == params
+    stored_v2 = {**stored_v1, "version": 2, "interpolate": 2}  # before keep_aspect
+    assert GenerationParams.from_dict(stored_v2) == GenerationParams(**stored_v1, interpolate=2, keep_aspect=False)
     assert GenerationParams.from_dict({**stored, "prompt": None}).prompt is None
     with pytest.raises(ValueError, match="newer i2vd"):
         GenerationParams.from_dict({**stored, "version": VERSION + 1})

@@ -29,7 +29,7 @@ def test_a_submitted_job_is_queued_once_with_its_inputs_kept_like_an_inbox_pair(
     job_id = r.json()["id"]
     job = web.queue.get(job_id)
     assert job.state == JobState.QUEUED and job.priority == 2 and job.output_stem == "my beach"
-    assert job.params == {"version": 2, "prompt": "waves on a beach", "negative_prompt": None, "width": 32,
+    assert job.params == {"version": 3, "prompt": "waves on a beach", "negative_prompt": None, "width": 32,
                           "height": 32, "num_frames": 8, "fps": 8, "steps": 10, "guidance_scale": 9.0, "seed": 7,
                           "interpolate": 1, "keep_aspect": False}
     done = web.settings.done_dir / "web"
