@@ -45,13 +45,15 @@ class JobPage:
 
 
 def _has_prompt_index(sessions: sessionmaker[Session]) -> bool:
-    """SQLite databases have jobs_fts, the trigram index of prompts (migration 0007)."""
+    """SQLite databases have jobs_fts, the trigram index of prompts (migration 0007). PostgreSQL's
+    (0008, where pg_trgm could be added) indexes the ILIKE expression itself: nothing to choose there."""
     return sessions.kw["bind"].dialect.name == "sqlite"
 
 
 def list_jobs(sessions: sessionmaker[Session], flt: JobFilter, page_size: int = PAGE_SIZE) -> JobPage:
     """Newest first; with a state, an index walk over (state, id) (migration 0006); a prompt of three
-    characters or more is found in the trigram index (0007), a shorter one by a scan."""
+    characters or more is found in a trigram index (0007 on SQLite, 0008 on PostgreSQL), a shorter one
+    by a scan."""
     query, order = select(Job), Job.id.desc()
     count = None
     if flt.state is not None:

@@ -8,7 +8,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from daemon.db.engine import downgrade, make_engine, schema_revision, upgrade
+from daemon.db.engine import downgrade, make_engine, schema_revision, session_factory, upgrade
 from daemon.db.tables import Base
 
 
@@ -24,9 +24,11 @@ def test_migrations_build_the_models_schema_and_go_down_and_up(database_url):
     assert {"jobs", "attempts", "workers"} <= set(inspect(engine).get_table_names())
     with engine.connect() as conn:
         # The hand-written migrations produce exactly what the models describe, on this engine.
-        # Except jobs_fts: SQLite's trigram index of prompts (0007), a virtual table outside the models.
+        # Except the trigram indexes of prompts, outside the models: SQLite's jobs_fts virtual table (0007)
+        # and PostgreSQL's pg_trgm expression index (0008).
         diffs = [d for d in compare_metadata(MigrationContext.configure(conn), Base.metadata)
-                 if not (d[0] == "remove_table" and d[1].name.startswith("jobs_fts"))]
+                 if not (d[0] == "remove_table" and d[1].name.startswith("jobs_fts"))
+                 and not (d[0] == "remove_index" and d[1].name == "ix_jobs_prompt_trgm")]
         assert diffs == []
 
     with engine.begin() as conn:
@@ -78,3 +80,37 @@ def test_daemons_starting_together_on_a_fresh_database_all_come_up(database_url)
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
     current, head = schema_revision(make_engine(database_url))
     assert current == head
+
+
+def test_a_role_that_may_not_add_pg_trgm_still_migrates_and_searches(postgres_url, caplog):
+    """0008's prompt index needs the pg_trgm extension; a role that may create tables but not extensions
+    gets the schema without it (search scans, as before 0008), not a daemon that cannot start."""
+    import secrets
+
+    from sqlalchemy.engine import make_url
+
+    from daemon.web.queries import JobFilter, list_jobs
+
+    role = f"i2vd_plain_{secrets.token_hex(3)}"
+    owner = make_engine(postgres_url)
+    with owner.begin() as conn:
+        conn.execute(text(f"CREATE ROLE {role} LOGIN"))
+        conn.execute(text(f"GRANT CREATE ON SCHEMA public TO {role}"))
+    plain = make_engine(make_url(postgres_url).set(username=role).render_as_string(hide_password=False))
+    try:
+        upgrade(plain)
+        assert schema_revision(plain)[0] == schema_revision(plain)[1]
+        assert "prompt search stays a scan: pg_trgm cannot be created" in caplog.text
+        assert "ix_jobs_prompt_trgm" not in {i["name"] for i in inspect(plain).get_indexes("jobs")}
+        with plain.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO jobs (state, priority, idempotency_key, params, output_stem, output_subdir, "
+                "source_image, image_path, created_at, cancel_requested) VALUES ('queued', 0, 'k', "
+                "'{\"prompt\": \"waves at night\"}', 'w', '', '/in/w.png', '/done/w.png', CURRENT_TIMESTAMP, false)"))
+        assert [j.output_stem for j in list_jobs(session_factory(plain), JobFilter(prompt="AVES")).jobs] == ["w"]
+    finally:
+        plain.dispose()
+        with owner.begin() as conn:
+            conn.execute(text("DROP OWNED BY " + role))
+            conn.execute(text(f"DROP ROLE {role}"))
+        owner.dispose()

@@ -11,10 +11,11 @@ import PIL.Image
 import pytest
 import requests
 from sqlalchemy import insert, text
-from support.daemons import make_queue
+from support.daemons import make_queue, wait_for
 from support.files import TINY_SIDECAR
 from support.web import finished_job, png, post_job, web, web_factory  # noqa: F401 (fixtures)
 
+from daemon.db.engine import make_engine
 from daemon.db.tables import Job, JobState, utcnow
 from daemon.errors import InputRejected
 from daemon.events.outbox import EventLog
@@ -268,7 +269,7 @@ def test_a_moved_or_replaced_database_file_is_noticed_not_written_blindly(web, t
     assert fresh.counts()[JobState.QUEUED] == 1
 
 
-def test_search_finds_any_part_of_a_prompt_alone_or_with_filters(web):
+def search_finds_any_part_of_a_prompt_alone_or_with_filters(web) -> None:
     for prompt in ('Waves on a "quiet" beach', "waves at night", "a storm at sea"):
         assert post_job(web, fields={"prompt": prompt}).status_code == 201
 
@@ -282,3 +283,27 @@ def test_search_finds_any_part_of_a_prompt_alone_or_with_filters(web):
     assert found(q="at") == ["a storm at sea", "waves at night"]  # too short for trigrams: a scan
     assert found(q="aves", state="queued", model="i2vgen-xl") == ['Waves on a "quiet" beach', "waves at night"]
     assert found(q="aves", state="failed") == [] and found(q="zebra") == []
+
+
+def test_search_finds_any_part_of_a_prompt_alone_or_with_filters(web):
+    search_finds_any_part_of_a_prompt_alone_or_with_filters(web)
+
+
+def test_search_on_postgresql_finds_the_same_from_its_trigram_index(web_factory, postgres_url):
+    from sqlalchemy.engine import make_url
+
+    admin = make_engine(postgres_url)
+    database = make_url(postgres_url).database
+    with admin.begin() as conn:  # three rows would be scanned anyway: make every connection prefer an index
+        conn.execute(text(f'ALTER DATABASE "{database}" SET enable_seqscan = off'))
+    web = web_factory(database_url=postgres_url)
+    search_finds_any_part_of_a_prompt_alone_or_with_filters(web)
+
+    def index_scans() -> int:
+        with admin.connect() as conn:
+            conn.execute(text("SELECT pg_stat_clear_snapshot()"))
+            return conn.execute(text("SELECT idx_scan FROM pg_stat_user_indexes "
+                                     "WHERE indexrelname = 'ix_jobs_prompt_trgm'")).scalar() or 0
+
+    assert wait_for(index_scans, timeout=15, what="the web's searches to use ix_jobs_prompt_trgm (0008)")
+    admin.dispose()
