@@ -51,6 +51,7 @@ bench: $(BIN)/i2vd
 	$(BIN)/python -m bench.idle
 	$(BIN)/python -m bench.pickup
 	$(BIN)/python -m bench.tiny_models
+	$(BIN)/python -m bench.soak
 	$(BIN)/python bench/throughput.py
 
 # After the tests pass with new versions: record them. torch and what only torch needs stay the host's.
