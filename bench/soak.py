@@ -12,9 +12,9 @@ Every --every succeeded jobs, while the jobs go on, it reads the daemon's VmRSS 
 (/proc/PID/status) and counts /proc/PID/fd every 0.02 s for WINDOW seconds (several tiny jobs), and
 keeps the floor and the peak. A job in flight holds frames, ffmpeg's pipes and its heartbeat thread
 for a moment; what jobs leave behind raises the floor. Flat means, after the first --warmup jobs (the
-first job starts tqdm's monitor thread, torch's threads, a second pooled database connection): fd and
-thread floors within FD_SPREAD and THREAD_SPREAD (one leaked per job would be hundreds), and the RSS
-floor growing less than TARGET_RSS MB per 100 jobs by a linear fit over the post-warm-up samples.
+first ones start tqdm's monitor thread and torch's own threads): fd and thread floors within FD_SPREAD
+and THREAD_SPREAD (one leaked per job would be hundreds), and the RSS floor growing less than TARGET_RSS
+MB per 100 jobs by a linear fit over the post-warm-up samples.
 
     .venv/bin/python -m bench.soak [--jobs 500] [--batch 25] [--backend ltx]
 """
@@ -37,7 +37,9 @@ from bench.harness import CACHE, Daemon, Scratch, footer, header, write_image
 # 10 KB a job: a third of one tiny job's frames (32x32x9 RGB, 27 KB), so keeping any job's frames, or
 # anything that size, fails; 2,000 jobs drifted 0.38 MB per 100 (bench/RESULTS.md, section 10).
 TARGET_RSS = 1.0  # MB per 100 jobs
-FD_SPREAD = 4  # the floors' max - min: one publish's three ffmpeg pipes and the file it writes
+# The floors' max - min. The fd floor moves by whole SQLite connections (database + WAL): SQLAlchemy's pool
+# keeps one more for reuse the first time threads overlap on it (at most 5); 4 allows two such steps.
+FD_SPREAD = 4
 THREAD_SPREAD = 2  # each job in flight (generating, handed over) renews its lease from its own thread
 WINDOW = 0.5  # seconds of readings per sample: several tiny jobs
 
