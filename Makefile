@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION := 2.13.0
 
-.PHONY: demo test install clean constraints bench gpu-bench
+.PHONY: demo test install clean constraints bench gpu-bench gpu-busy
 
 # Made only when missing: `python -m venv` on an existing venv would turn off the
 # --system-site-packages that README tells GPU users to create it with (hiding the host's CUDA torch).
@@ -41,6 +41,12 @@ test: $(VENV)/.test-tools
 BENCH_PYTHON ?= $(BIN)/python
 gpu-bench:
 	$(BENCH_PYTHON) -m bench.gpu --all --record bench/RESULTS.md
+
+# On a CUDA GPU, a few minutes: the share of time the GPU is busy over 10 back-to-back default jobs of the
+# fastest backend through `i2vd run` (issue 21: >= 95 %), appended to bench/RESULTS.md. Apart from
+# gpu-bench: each fits one 10-minute command on a lent machine.
+gpu-busy:
+	$(BENCH_PYTHON) -m bench.gpu_busy --record bench/RESULTS.md
 
 # The CPU benchmarks (README's "Performance"), one after another; each prints its figure last.
 # throughput.py needs the PostgreSQL server; bench.gpu needs CUDA and is left out.
