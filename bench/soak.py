@@ -9,12 +9,14 @@ queued, one job generating, one publishing) rather than draining one burst of 50
 like with like, and intake's one-off cost of a giant burst stays out of the curve.
 
 Every --every succeeded jobs, while the jobs go on, it reads the daemon's VmRSS and Threads
-(/proc/PID/status) and counts /proc/PID/fd every 0.02 s for WINDOW seconds (several tiny jobs), and
-keeps the floor and the peak. A job in flight holds frames, ffmpeg's pipes and its heartbeat thread
-for a moment; what jobs leave behind raises the floor. Flat means, after the first --warmup jobs (the
-first ones start tqdm's monitor thread and torch's own threads): fd and thread floors within FD_SPREAD
-and THREAD_SPREAD (one leaked per job would be hundreds), and the RSS floor growing less than TARGET_RSS
-MB per 100 jobs by a linear fit over the post-warm-up samples.
+(/proc/PID/status) and counts /proc/PID/fd every 0.02 s until three more jobs succeeded (half a second
+at least), and keeps the floor and the peak. A job in flight holds frames, ffmpeg's pipes and its
+heartbeat thread for a moment; what jobs leave behind raises the floor. The daemon's malloc returns
+large blocks at once (MALLOC), so the RSS floor is what it holds, not what glibc chose to keep.
+Flat means, after the first --warmup jobs (the first ones start tqdm's monitor thread and torch's
+own threads): fd and thread floors within FD_SPREAD and THREAD_SPREAD (one leaked per job would be
+hundreds), and the RSS floor growing less than TARGET_RSS MB per 100 jobs by a linear fit over the
+post-warm-up samples.
 
     .venv/bin/python -m bench.soak [--jobs 500] [--batch 25] [--backend ltx]
 """
@@ -35,13 +37,21 @@ import numpy as np
 from bench.harness import CACHE, Daemon, Scratch, footer, header, write_image
 
 # 10 KB a job: a third of one tiny job's frames (32x32x9 RGB, 27 KB), so keeping any job's frames, or
-# anything that size, fails; 2,000 jobs drifted 0.38 MB per 100 (bench/RESULTS.md, section 10).
+# anything that size, fails; 2,000 jobs drifted 0.2 MB per 100, mostly SQLite's page cache (bench/RESULTS.md, 10).
 TARGET_RSS = 1.0  # MB per 100 jobs
 # The floors' max - min. The fd floor moves by whole SQLite connections (database + WAL): SQLAlchemy's pool
 # keeps one more for reuse the first time threads overlap on it (at most 5); 4 allows two such steps.
 FD_SPREAD = 4
 THREAD_SPREAD = 2  # each job in flight (generating, handed over) renews its lease from its own thread
-WINDOW = 0.5  # seconds of readings per sample: several tiny jobs
+# glibc's malloc with a fixed mmap threshold: blocks of 128 KiB and more go back to the system when freed.
+# By default the threshold follows the largest block freed, after which a job's transient buffers may stay
+# resident for hundreds of jobs and then go: a floor 15 MB up or down that says nothing about leaks.
+MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+# A sample reads /proc every READ_EVERY s until WINDOW_JOBS more jobs succeeded, and for WINDOW s at least:
+# however slow the jobs (a busy machine), it spans moments between them.
+READ_EVERY = 0.02
+WINDOW_JOBS = 3
+WINDOW = 0.5
 
 
 class LogTail:
@@ -71,17 +81,10 @@ def resources(pid: int) -> tuple[int, int, int]:
     return int(status["VmRSS"].split()[0]) * 1024, len(os.listdir(f"/proc/{pid}/fd")), int(status["Threads"])
 
 
-def floor_and_peak(pid: int, seconds: float = WINDOW, interval: float = 0.02) -> tuple[tuple[int, ...], ...]:
-    """(lowest, highest) of each of RSS, fds and threads, read every `interval` for `seconds`.
-
-    A job in flight holds memory, ffmpeg's pipes and a few threads for a moment; what a job leaves
-    behind raises the floor, which a window spanning several jobs finds between them."""
-    readings = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        readings.append(resources(pid))
-        time.sleep(interval)
-    return tuple(min(r[i] for r in readings) for i in range(3)), tuple(max(r[i] for r in readings) for i in range(3))
+def floor_and_peak(readings: list[tuple[int, int, int]]) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """The lowest and the highest of each of RSS, fds and threads over `readings`."""
+    columns = list(zip(*readings))
+    return tuple(map(min, columns)), tuple(map(max, columns))
 
 
 def tiny_model(backend: str) -> Path:
@@ -103,23 +106,28 @@ def soak(args) -> list[Sample]:
     with Scratch("soak") as scratch:
         shutil.copytree(tiny_model(args.backend), scratch.state / "models" / f"tiny-{args.backend}")
         rng = np.random.default_rng(21)
-        # One batch more than --jobs: the last sample, too, has a batch waiting behind it.
+        # One batch more than --jobs: the last sample, too, has a batch waiting behind it (and its window jobs).
         names = [f"soak{i:04d}" for i in range(args.jobs + args.batch)]
         for i, name in enumerate(names):
             write_image(scratch.staging / f"{name}.png", rng, size=64)
             (scratch.staging / f"{name}.json").write_text(json.dumps(
                 {"prompt": "a lighthouse at dusk", "preset": "preview", "seed": i}))
-        env = {"OMP_NUM_THREADS": "1"}
+        env = {"OMP_NUM_THREADS": "1", **MALLOC}
         with Daemon(scratch, env=env, model=f"tiny:{args.backend}", observer="inotify", settle_seconds=0.3,
                     publish_backlog=1, poster=True, preview=True, log_max_bytes=0) as daemon:
             daemon.wait_ready()
             tail = LogTail(daemon.log_file)
-            started = time.monotonic()
-            samples = [Sample(0, 0.0, *floor_and_peak(daemon.pid))]
+            idle = []
+            for _ in range(round(WINDOW / READ_EVERY)):
+                idle.append(resources(daemon.pid))
+                time.sleep(READ_EVERY)
+            samples = [Sample(0, 0.0, *floor_and_peak(idle))]
             print(row(samples[0]), flush=True)
+            started = time.monotonic()
             dropped = succeeded = 0
-            while succeeded < args.jobs:
-                if dropped - succeeded <= args.batch:
+            window: tuple[int, float, list] | None = None  # (jobs, seconds, readings) of the sample being taken
+            while len(samples) <= args.jobs // args.every:
+                if dropped < len(names) and dropped - succeeded <= args.batch:
                     for name in names[dropped:dropped + args.batch]:
                         for suffix in (".png", ".json"):  # image first: the pair is complete with its sidecar
                             os.rename(scratch.staging / f"{name}{suffix}", scratch.inbox / f"{name}{suffix}")
@@ -128,12 +136,18 @@ def soak(args) -> list[Sample]:
                     if event["event"] in ("job_failed", "intake_rejected", "job_cancelled"):
                         raise RuntimeError(f"a job did not succeed: {event}")
                     succeeded += event["event"] == "job_succeeded"
-                if succeeded >= len(samples) * args.every:  # the daemon goes on with the next jobs meanwhile
-                    samples.append(Sample(succeeded, time.monotonic() - started, *floor_and_peak(daemon.pid)))
-                    print(row(samples[-1]), flush=True)
+                if window is None and succeeded >= len(samples) * args.every:
+                    window = (succeeded, time.monotonic() - started, [])
+                if window is not None:  # the daemon goes on with the next jobs meanwhile
+                    jobs, seconds, readings = window
+                    readings.append(resources(daemon.pid))
+                    if succeeded >= jobs + WINDOW_JOBS and len(readings) * READ_EVERY >= WINDOW:
+                        samples.append(Sample(jobs, seconds, *floor_and_peak(readings)))
+                        print(row(samples[-1]), flush=True)
+                        window = None
                 if daemon.proc.poll() is not None:
                     raise RuntimeError(f"the daemon exited ({daemon.proc.returncode}) after {succeeded} jobs")
-                time.sleep(0.1)
+                time.sleep(READ_EVERY if window else 0.1)
     return samples
 
 
@@ -170,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"jobs     {args.jobs} x tiny {args.backend} preview preset (32x32, 9 frames, 2 steps), CPU, 1 torch "
           f"thread, publish_backlog 1, poster and preview on; {args.batch} pairs dropped whenever at most "
           f"{args.batch} wait")
-    print(f"sampling every {args.every} succeeded jobs: the floor (low) and peak (high) of {WINDOW} s of "
-          f"readings every 0.02 s, while the jobs go on")
+    print(f"sampling every {args.every} succeeded jobs: the floor (low) and peak (high) of readings every "
+          f"{READ_EVERY} s until {WINDOW_JOBS} more jobs succeeded ({WINDOW} s at least), while the jobs go on")
     print(f"{'jobs':>6}{'s':>9}{'RSS MB':>10}{'high':>10}{'fds':>6}{'high':>6}{'threads':>9}{'high':>6}", flush=True)
     samples = soak(args)
     flat, figures = verdict(samples, args.warmup)
