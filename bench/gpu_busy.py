@@ -156,9 +156,9 @@ def run(args, cuda: bool) -> int:
     sidecar = {"prompt": "a lighthouse on a cliff, waves crashing, golden hour"}
     if args.toy:  # the tiny model at the full preset would take minutes a job on a CPU
         sidecar.update(width=shape.width, height=shape.height, num_frames=shape.num_frames, steps=shape.steps)
-    print(f"jobs     {args.jobs} x {args.backend} {'toy' if args.toy else 'default job'} ({shape.width}x{shape.height}, "
-          f"{shape.num_frames} frames, {shape.steps} steps), {'tiny' if args.toy else 'full-size'} random weights, "
-          "dropped at once; publish_backlog 1, poster and preview on")
+    kind, weights = ("toy", "tiny") if args.toy else ("default job", "full-size")
+    print(f"jobs     {args.jobs} x {args.backend} {kind} ({shape.width}x{shape.height}, {shape.num_frames} frames, "
+          f"{shape.steps} steps), {weights} random weights, dropped at once; publish_backlog 1, poster and preview on")
     with Scratch("gpu-busy") as scratch:
         rng = np.random.default_rng(0)
         for i in range(args.jobs):  # the preset's aspect ratio: the video is the preset's size, uncropped
