@@ -49,7 +49,7 @@ gpu-busy:
 	$(BENCH_PYTHON) -m bench.gpu_busy --record bench/RESULTS.md
 
 # The CPU benchmarks (README's "Performance"), one after another; each prints its figure last.
-# throughput.py needs the PostgreSQL server; bench.gpu needs CUDA and is left out.
+# throughput.py needs the PostgreSQL server; bench.gpu and bench.gpu_busy need CUDA and are left out.
 bench: $(BIN)/i2vd
 	$(BIN)/python -m bench.overhead
 	$(BIN)/python -m bench.back_to_back
