@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION := 2.13.0
 
-.PHONY: demo test install clean constraints bench gpu-bench
+.PHONY: demo test install clean constraints bench gpu-bench gpu-busy
 
 # Made only when missing: `python -m venv` on an existing venv would turn off the
 # --system-site-packages that README tells GPU users to create it with (hiding the host's CUDA torch).
@@ -42,8 +42,14 @@ BENCH_PYTHON ?= $(BIN)/python
 gpu-bench:
 	$(BENCH_PYTHON) -m bench.gpu --all --record bench/RESULTS.md
 
+# On a CUDA GPU, a few minutes: the share of time the GPU is busy over 10 back-to-back default jobs of the
+# fastest backend through `i2vd run` (issue 21: >= 95 %), appended to bench/RESULTS.md. Apart from
+# gpu-bench: each fits one 10-minute command on a lent machine.
+gpu-busy:
+	$(BENCH_PYTHON) -m bench.gpu_busy --record bench/RESULTS.md
+
 # The CPU benchmarks (README's "Performance"), one after another; each prints its figure last.
-# throughput.py needs the PostgreSQL server; bench.gpu needs CUDA and is left out.
+# throughput.py needs the PostgreSQL server; bench.gpu and bench.gpu_busy need CUDA and are left out.
 bench: $(BIN)/i2vd
 	$(BIN)/python -m bench.overhead
 	$(BIN)/python -m bench.back_to_back
@@ -51,6 +57,7 @@ bench: $(BIN)/i2vd
 	$(BIN)/python -m bench.idle
 	$(BIN)/python -m bench.pickup
 	$(BIN)/python -m bench.tiny_models
+	$(BIN)/python -m bench.soak
 	$(BIN)/python bench/throughput.py
 
 # After the tests pass with new versions: record them. torch and what only torch needs stay the host's.

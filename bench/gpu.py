@@ -693,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if cuda else "cpu")
     toy = args.toy or not cuda
     if args.all:
-        return _record(args.record, lambda: _measure_all(args, device, cuda, toy))
+        return record(args.record, "`make gpu-bench`", lambda: _measure_all(args, device, cuda, toy))
     backends = args.backend or [DEFAULT_BACKEND]
     if backends == [DEFAULT_BACKEND]:
         return _measure_i2vgen(args, device, cuda, toy)
@@ -800,15 +800,15 @@ class _Tee(io.TextIOBase):
         self.terminal.flush()
 
 
-def _record(path: Path | None, run) -> int:
-    """Run, and append what it printed to `path` (RESULTS.md) as one fenced block."""
+def record(path: Path | None, title: str, run) -> int:
+    """Run, and append what it printed to `path` (RESULTS.md) as one fenced block under `title` and the date."""
     if path is None:
         return run()
     tee = _Tee(sys.stdout)
     with contextlib.redirect_stdout(tee):
         code = run()
     with path.open("a", encoding="utf-8") as results:
-        results.write(f"\n### `make gpu-bench`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"
+        results.write(f"\n### {title}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"
                       f"```\n{tee.copy.getvalue().rstrip()}\n```\n")
     return code
 

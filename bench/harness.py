@@ -71,9 +71,12 @@ class Scratch:
 class Daemon:
     """`i2vd run` in its own process, with the tiny model and the given I2VD_* settings."""
 
-    def __init__(self, scratch: Scratch, *, parked_worker: bool = False, env: dict[str, str] | None = None,
+    def __init__(self, scratch: Scratch, *, startup: str | None = None, env: dict[str, str] | None = None,
                  **settings: object) -> None:
-        """`settings` become I2VD_* variables (intake_only=True: a daemon with no worker and no model)."""
+        """`settings` become I2VD_* variables (intake_only=True: a daemon with no worker and no model).
+
+        `startup`: Python code run instead of `python -m daemon.cli` that ends in daemon.cli.main's main()
+        (PARKED_WORKER, or a change made in the daemon's process before it starts)."""
         self.log_file = scratch.state / "i2vd.log"
         extra_env = env or {}
         env = {k: v for k, v in os.environ.items() if not k.startswith("I2VD_")}
@@ -82,7 +85,7 @@ class Daemon:
                     "I2VD_METRICS_ADDRESS": "127.0.0.1:0"})  # any free port: never another daemon's
         env.update({f"I2VD_{key.upper()}": str(value) for key, value in settings.items()})
         env.update(extra_env)
-        code = ["-c", PARKED_WORKER] if parked_worker else ["-m", "daemon.cli"]
+        code = ["-c", startup] if startup else ["-m", "daemon.cli"]
         self._console = open(scratch.root / "daemon-console.log", "wb")
         self.proc = subprocess.Popen([sys.executable, *code, "run"], env=env, cwd=REPO,
                                      stdout=self._console, stderr=subprocess.STDOUT)

@@ -25,7 +25,18 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.harness import CACHE, Daemon, Scratch, event_time, footer, header, sample, thread_cpu, write_image
+from bench.harness import (
+    CACHE,
+    PARKED_WORKER,
+    Daemon,
+    Scratch,
+    event_time,
+    footer,
+    header,
+    sample,
+    thread_cpu,
+    write_image,
+)
 
 TARGET_RATE = 500  # pairs/s (issue 21)
 MB = 1e6
@@ -74,7 +85,7 @@ def drop(images: list[Path], args: argparse.Namespace, *, intake_only: bool) -> 
         label, daemon_kind = "intake-only", {"intake_only": True}
         baseline = "no model stack"
     else:
-        label, daemon_kind = "one-process", {"parked_worker": True}
+        label, daemon_kind = "one-process", {"startup": PARKED_WORKER}
         baseline = "model loaded, worker parked"
     print(f"## {label} daemon ({baseline})", flush=True)
     pairs = len(images)

@@ -25,7 +25,7 @@ import statistics
 import sys
 import time
 
-from bench.harness import Daemon, Scratch, event_time, footer, header
+from bench.harness import PARKED_WORKER, Daemon, Scratch, event_time, footer, header
 from bench.intake_rate import cached_images
 
 RENAME_TARGET = 0.2  # seconds, median
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     latencies: dict[str, list[float]] = {way: [] for way in WAYS}
     with Scratch("pickup") as scratch, \
-            Daemon(scratch, parked_worker=True, observer="inotify", settle_seconds=args.settle,
+            Daemon(scratch, startup=PARKED_WORKER, observer="inotify", settle_seconds=args.settle,
                    metrics_address="127.0.0.1:0") as daemon:  # any free port: the default may be taken
         daemon.wait_ready()
         time.sleep(2)
