@@ -16,39 +16,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
 import time
 
 import numpy as np
 
-from bench.harness import (
-    CACHE,
-    Daemon,
-    Scratch,
-    event_time,
-    footer,
-    header,
-    write_image,
-)
+from bench.harness import Daemon, Scratch, event_time, footer, header, write_image
 
 TARGET = 0.05  # seconds, median gap
 BACKEND = "ltx"
 
 
-def tiny_ltx() -> str:
-    """LTX-Video's tiny model, built once into build/bench/."""
-    from pipeline.tiny import ensure_tiny_model
-
-    return str(ensure_tiny_model(CACHE / f"tiny-{BACKEND}", BACKEND))
-
-
 def run(args, backlog: int) -> dict:
     """One daemon, every job dropped at once: the gaps, and the publish time of each job."""
     width, height = (int(v) for v in args.size.split("x"))
-    with Scratch("back-to-back") as scratch:
-        shutil.copytree(tiny_ltx(), scratch.state / "models" / f"tiny-{BACKEND}")
+    with Scratch("back-to-back", BACKEND) as scratch:
         rng = np.random.default_rng(21)
         for i in range(args.jobs):
             write_image(scratch.staging / f"job{i:02d}.png", rng)
