@@ -39,23 +39,24 @@ PARKED_WORKER = (
 )
 
 
-def tiny_model() -> Path:
-    """The tiny smoke-test model, built once into build/bench/."""
+def tiny_model(backend: str = "i2vgen-xl") -> Path:
+    """`backend`'s tiny smoke-test model, built once into build/bench/."""
     from pipeline.tiny import ensure_tiny_model
 
-    return ensure_tiny_model(CACHE / "tiny-i2vgen-xl")
+    return ensure_tiny_model(CACHE / f"tiny-{backend}", backend)
 
 
 class Scratch:
-    """inbox/, outputs/ and state/ in a fresh temporary folder, with the tiny model in state/."""
+    """inbox/, outputs/ and state/ in a fresh temporary folder, with `backend`'s tiny model in state/
+    (where `I2VD_MODEL=tiny:BACKEND` finds it)."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, backend: str = "i2vgen-xl") -> None:
         self.root = Path(tempfile.mkdtemp(prefix=f"i2vd-bench-{label}-"))
         self.inbox, self.outputs, self.state = (self.root / n for n in ("inbox", "outputs", "state"))
         self.staging = self.root / "staging"  # files are prepared here, then renamed into the inbox
         for path in (self.inbox, self.outputs, self.state, self.staging):
             path.mkdir()
-        shutil.copytree(tiny_model(), self.state / "models" / "tiny-i2vgen-xl")
+        shutil.copytree(tiny_model(backend), self.state / "models" / f"tiny-{backend}")
 
     @property
     def done(self) -> Path:

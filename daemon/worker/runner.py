@@ -7,7 +7,6 @@ import time
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 from daemon import metrics
 from daemon.db.tables import Attempt, Job
@@ -22,10 +21,10 @@ from daemon.models.pool import ModelPool
 from daemon.settings import Settings
 from daemon.worker.faults import NO_FAULTS, Faults
 from daemon.worker.handoff import PublishStage
-from daemon.db.engine import DATABASE_UNAVAILABLE
-from daemon.worker.lease import Heartbeat, StopFlags, first_line
+from daemon.worker.lease import Heartbeat, StopFlags
 from daemon.worker.metadata import model_metadata
 from daemon.worker.outcome import Outcomes
+from daemon.worker.progress import ProgressRows
 from daemon.worker.publish import Generated, Publisher
 from pipeline.backends.base import Progress
 from pipeline.errors import GenerationInterrupted
@@ -34,8 +33,6 @@ from pipeline.params import GenerationParams
 from pipeline.video import EncoderOptions
 
 log = get_logger("i2vd.worker")
-
-PROGRESS_WRITE_INTERVAL = 0.5  # seconds between progress rows; phases are always written
 
 
 class Worker:
@@ -116,40 +113,42 @@ class Worker:
         requested = GenerationParams.from_dict(job.params)
         loaded = self.models.get(job.model or self.models.catalog.default.name)
         image = self._load_image(job)
-        tried: list[Rung] = []
-        for rung in OomLadder(loaded.generator.backend.rules, self.settings.oom_ladder).walk(requested):
-            attempt = lease.wait_for_database(partial(self.queue.start_attempt, job.id, self.owner,
-                                                      rung.params.to_dict(), rung.name, self.worker_id),
-                                              "start_attempt")
-            self.current_attempt = attempt
-            log.info("job_started", job_id=job.id, attempt=attempt.number, rung=rung.name,
-                     width=rung.params.width, height=rung.params.height,
-                     num_frames=rung.params.num_frames, steps=rung.params.steps)
-            try:
-                self.faults.before_generate(rung.params)
-                frames = loaded.generator.generate(image, rung.params, self._progress_writer(job, stop),
-                                                   rung.memory)
-                log.info("job_generated", job_id=job.id, attempt=attempt.number,
-                         seconds=round(time.monotonic() - started, 3))
-                framing = loaded.generator.backend.framing(loaded.generator.pipe, image.size, rung.params)
-                return Generated(job, attempt, requested, rung, bool(tried), frames, model_metadata(loaded),
-                                 framing.to_dict(),
-                                 started, time.monotonic(), peak_memory_bytes(), lease)
-            except ValueError as exc:  # the backend's own input checks (diffusers' check_inputs)
-                raise InputRejected(ErrorCode.INPUT_REFUSED, f"The model refused the job's parameters: {exc}",
-                                    hint="Change the sidecar's fields; the same request fails the same way.") from exc
-            except Exception as exc:
-                if not is_oom(exc):
-                    raise
-                lease.wait_for_database(partial(self.queue.finish_attempt, attempt.id, "oom",
-                                                error_type=type(exc).__name__, error_message=str(exc),
-                                                peak_gpu_memory_bytes=peak_memory_bytes()), "finish_attempt")
-                log.warning("job_oom", job_id=job.id, attempt=attempt.number, rung=rung.name)
-                metrics.oom_downgrades.inc()
-                tried.append(rung)
-                self.current_attempt = None
-            free_memory()  # outside the except block, whose traceback would pin the tensors
-        raise LadderExhausted(_exhausted_message(requested, tried))
+        with ProgressRows(self.queue, job.id, self.owner, stop) as rows:
+            on_progress = self._on_progress(job, stop, rows)
+            tried: list[Rung] = []
+            for rung in OomLadder(loaded.generator.backend.rules, self.settings.oom_ladder).walk(requested):
+                attempt = lease.wait_for_database(partial(self.queue.start_attempt, job.id, self.owner,
+                                                          rung.params.to_dict(), rung.name, self.worker_id),
+                                                  "start_attempt")
+                self.current_attempt = attempt
+                log.info("job_started", job_id=job.id, attempt=attempt.number, rung=rung.name,
+                         width=rung.params.width, height=rung.params.height,
+                         num_frames=rung.params.num_frames, steps=rung.params.steps)
+                try:
+                    self.faults.before_generate(rung.params)
+                    frames = loaded.generator.generate(image, rung.params, on_progress, rung.memory)
+                    log.info("job_generated", job_id=job.id, attempt=attempt.number,
+                             seconds=round(time.monotonic() - started, 3))
+                    framing = loaded.generator.backend.framing(loaded.generator.pipe, image.size, rung.params)
+                    return Generated(job, attempt, requested, rung, bool(tried), frames, model_metadata(loaded),
+                                     framing.to_dict(),
+                                     started, time.monotonic(), peak_memory_bytes(), lease)
+                except ValueError as exc:  # the backend's own input checks (diffusers' check_inputs)
+                    raise InputRejected(
+                        ErrorCode.INPUT_REFUSED, f"The model refused the job's parameters: {exc}",
+                        hint="Change the sidecar's fields; the same request fails the same way.") from exc
+                except Exception as exc:
+                    if not is_oom(exc):
+                        raise
+                    lease.wait_for_database(partial(self.queue.finish_attempt, attempt.id, "oom",
+                                                    error_type=type(exc).__name__, error_message=str(exc),
+                                                    peak_gpu_memory_bytes=peak_memory_bytes()), "finish_attempt")
+                    log.warning("job_oom", job_id=job.id, attempt=attempt.number, rung=rung.name)
+                    metrics.oom_downgrades.inc()
+                    tried.append(rung)
+                    self.current_attempt = None
+                free_memory()  # outside the except block, whose traceback would pin the tensors
+            raise LadderExhausted(_exhausted_message(requested, tried))
 
     def _load_image(self, job: Job):
         path = Path(job.image_path)
@@ -158,27 +157,15 @@ class Worker:
                                 hint="Drop the pair again.")
         return load_rgb(path)
 
-    def _progress_writer(self, job: Job, stop: StopFlags):
-        """Progress rows are best effort: while the database is away the job goes on, unrecorded."""
-        last: dict[str, Any] = {"phase": None, "at": 0.0, "recorded": True}
+    def _on_progress(self, job: Job, stop: StopFlags, rows: ProgressRows):
+        """The generation's callback: its rows go to `rows`' thread; a stop request ends it at this step."""
         prompt = job.params.get("prompt")
 
         def on_progress(progress: Progress) -> None:
             self.current_progress = progress
             metrics.record_progress(progress.phase, progress.step)
             self.faults.at_step(prompt, progress.step)
-            now = time.monotonic()
-            if progress.phase != last["phase"] or now - last["at"] >= PROGRESS_WRITE_INTERVAL \
-                    or progress.step == progress.total:
-                try:
-                    if self.queue.progress(job.id, progress.phase, progress.step, progress.total, owner=self.owner):
-                        stop.cancelled = True
-                    last["recorded"] = True
-                except DATABASE_UNAVAILABLE as exc:
-                    if last["recorded"]:  # once per outage
-                        log.warning("progress_not_recorded", job_id=job.id, error=first_line(exc))
-                    last["recorded"] = False
-                last["phase"], last["at"] = progress.phase, now
+            rows.report(progress)
             if stop.should_stop:
                 raise GenerationInterrupted()
 
