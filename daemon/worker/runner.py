@@ -21,7 +21,8 @@ from daemon.models.pool import ModelPool
 from daemon.settings import Settings
 from daemon.worker.faults import NO_FAULTS, Faults
 from daemon.worker.handoff import PublishStage
-from daemon.worker.lease import Heartbeat, StopFlags
+from daemon.db.engine import DATABASE_UNAVAILABLE
+from daemon.worker.lease import Heartbeat, StopFlags, first_line
 from daemon.worker.metadata import model_metadata
 from daemon.worker.outcome import Outcomes
 from daemon.worker.progress import ProgressRows
