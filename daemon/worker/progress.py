@@ -2,7 +2,7 @@
 
 Each row is a short transaction, and with publishing pipelined it often waits for the publisher's
 writes to the same database (SQLite has one writer): on the generating thread that cost about 1.6 ms
-a row, 11 ms per 10-step job on a CPU (bench/RESULTS.md, section 10).
+a row, 11 ms per 10-step job on a CPU (bench/RESULTS.md, section 12).
 """
 
 from __future__ import annotations
