@@ -95,7 +95,7 @@ def tiny_model(backend: str) -> Path:
 
 @dataclass(frozen=True)
 class Sample:
-    jobs: int  # succeeded so far
+    jobs: int  # the sample's mark: at least this many succeeded when its window opened
     seconds: float  # since the first pairs were dropped
     low: tuple[int, int, int]  # (RSS bytes, fds, threads), the floor over the sampling window
     high: tuple[int, int, int]  # the peak over it
@@ -137,11 +137,12 @@ def soak(args) -> list[Sample]:
                         raise RuntimeError(f"a job did not succeed: {event}")
                     succeeded += event["event"] == "job_succeeded"
                 if window is None and succeeded >= len(samples) * args.every:
-                    window = (succeeded, time.monotonic() - started, [])
+                    window = (len(samples) * args.every, time.monotonic() - started, [])
                 if window is not None:  # the daemon goes on with the next jobs meanwhile
                     jobs, seconds, readings = window
                     readings.append(resources(daemon.pid))
-                    if succeeded >= jobs + WINDOW_JOBS and len(readings) * READ_EVERY >= WINDOW:
+                    # Jobs faster than a window may all be done: then no more will succeed.
+                    if succeeded >= min(jobs + WINDOW_JOBS, len(names)) and len(readings) * READ_EVERY >= WINDOW:
                         samples.append(Sample(jobs, seconds, *floor_and_peak(readings)))
                         print(row(samples[-1]), flush=True)
                         window = None
