@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.harness import CACHE, Daemon, Scratch, footer, header, write_image
+from bench.harness import Daemon, Scratch, footer, header, write_image
 
 # 10 KB a job: a third of one tiny job's frames (32x32x9 RGB, 27 KB), so keeping any job's frames, or
 # anything that size, fails; 2,000 jobs drifted 0.2 MB per 100, mostly SQLite's page cache (bench/RESULTS.md, 10).
@@ -87,12 +86,6 @@ def floor_and_peak(readings: list[tuple[int, int, int]]) -> tuple[tuple[int, int
     return tuple(map(min, columns)), tuple(map(max, columns))
 
 
-def tiny_model(backend: str) -> Path:
-    from pipeline.tiny import ensure_tiny_model
-
-    return ensure_tiny_model(CACHE / f"tiny-{backend}", backend)
-
-
 @dataclass(frozen=True)
 class Sample:
     jobs: int  # the sample's mark: at least this many succeeded when its window opened
@@ -103,8 +96,7 @@ class Sample:
 
 def soak(args) -> list[Sample]:
     """Run the jobs; a sample at start and every --every succeeded jobs."""
-    with Scratch("soak") as scratch:
-        shutil.copytree(tiny_model(args.backend), scratch.state / "models" / f"tiny-{args.backend}")
+    with Scratch("soak", args.backend) as scratch:
         rng = np.random.default_rng(21)
         # One batch more than --jobs: the last sample, too, has a batch waiting behind it (and its window jobs).
         names = [f"soak{i:04d}" for i in range(args.jobs + args.batch)]
